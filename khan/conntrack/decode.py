@@ -396,7 +396,12 @@ def _compile_template(buf: bytes | bytearray, start: int, end: int, flow: Flow) 
     if "src" not in roles or "dst" not in roles:
         return None
     if "reply_src" not in roles:  # decode_entry mirrors the original tuple
-        for reply, orig in (("reply_src", "dst"), ("reply_dst", "src"), ("reply_sport", "dport"), ("reply_dport", "sport")):
+        for reply, orig in (
+            ("reply_src", "dst"),
+            ("reply_dst", "src"),
+            ("reply_sport", "dport"),
+            ("reply_dport", "sport"),
+        ):
             if orig in roles:
                 roles[reply] = roles[orig]
     layout = struct.Struct("".join(fmt))

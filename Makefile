@@ -1,0 +1,47 @@
+# The two commands a newcomer needs, on a fresh Debian machine as root: `make demo` and `make test`.
+# Each installs what it needs (apt and pip) first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := iproute2 nftables conntrack prometheus
+STAMP := $(VENV)/.installed
+
+.PHONY: all deps system-deps demo test lint bench clean
+
+all: test
+
+system-deps:
+	@missing=""; \
+	for tool in ip:iproute2 nft:nftables conntrack:conntrack promtool:prometheus; do \
+	  command -v $${tool%%:*} >/dev/null 2>&1 || missing="$$missing $${tool#*:}"; \
+	done; \
+	if ! $(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1; then missing="$$missing python3-venv"; fi; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+deps: system-deps $(STAMP)
+
+lint: deps
+	$(BIN)/ruff check khan tests benchmarks
+	$(BIN)/ruff format --check khan tests benchmarks
+	$(BIN)/mypy
+
+test: deps lint
+	$(BIN)/python -m pytest -q
+
+demo: deps
+	$(BIN)/khan demo
+
+bench: deps
+	$(BIN)/python benchmarks/snapshot_vs_conntrack.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,3 @@
+from khan.cli import main
+
+raise SystemExit(main())

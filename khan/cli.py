@@ -1,0 +1,159 @@
+"""Flags and environment -> settings, and the three commands. Nothing else happens here.
+
+Every flag can also come from an environment variable named KHAN_ plus the flag in upper case
+(--node-name -> KHAN_NODE_NAME); a flag on the command line wins. Heavy imports happen inside each command,
+so `khan snapshot` pays only for what it uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from collections.abc import Sequence
+
+from khan import __version__
+from khan.logs import LEVELS
+from khan.settings import DEFAULT_LISTEN, Settings
+
+
+class UsageError(Exception):
+    """A flag or variable has a value khan cannot use."""
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get("KHAN_" + name.upper().replace("-", "_"))
+    return value if value not in (None, "") else default
+
+
+def default_node_name() -> str:
+    return env("node-name") or os.environ.get("NODE_NAME") or socket.gethostname()
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """HOST:PORT, :PORT or [IPv6]:PORT."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--listen must be HOST:PORT or :PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="khan", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"khan {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--inventory",
+            default=env("inventory"),
+            metavar="PATH",
+            help="Kubernetes Nodes, Pods and Services as a v1 List or multi-document YAML/JSON [KHAN_INVENTORY]",
+        )
+        sub.add_argument(
+            "--node-name", default=None, metavar="NAME", help="the node label [KHAN_NODE_NAME, NODE_NAME, hostname]"
+        )
+        sub.add_argument(
+            "--netns",
+            default=env("netns"),
+            metavar="NAME",
+            help="read this named network namespace's table [KHAN_NETNS]",
+        )
+        sub.add_argument("--log-format", default=env("log-format", "auto"), choices=("auto", "json", "console"))
+        sub.add_argument("--log-level", default=env("log-level", "info"), choices=LEVELS)
+
+    agent = commands.add_parser("agent", help="poll the conntrack table and serve /metrics")
+    common(agent)
+    agent.add_argument(
+        "--listen",
+        default=env("listen", DEFAULT_LISTEN),
+        metavar="HOST:PORT",
+        help=f"[KHAN_LISTEN, default {DEFAULT_LISTEN}]",
+    )
+    agent.add_argument(
+        "--interval",
+        default=env("interval", "30"),
+        metavar="SECONDS",
+        help="seconds between polls [KHAN_INTERVAL, default 30]",
+    )
+
+    snapshot = commands.add_parser("snapshot", help="one poll, printed as Prometheus text exposition")
+    common(snapshot)
+
+    demo = commands.add_parser("demo", help="build a lab of network namespaces and run the agent on it (root)")
+    demo.add_argument("--listen", default=env("listen", "127.0.0.1:9986"), metavar="HOST:PORT")
+    demo.add_argument("--interval", default=env("interval", "5"), metavar="SECONDS")
+    demo.add_argument("--log-format", default=env("log-format", "auto"), choices=("auto", "json", "console"))
+    demo.add_argument("--log-level", default=env("log-level", "info"), choices=LEVELS)
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    listen_host, listen_port = parse_listen(getattr(args, "listen", DEFAULT_LISTEN))
+    try:
+        interval = float(getattr(args, "interval", 30))
+    except ValueError:
+        raise UsageError(f"--interval must be a number of seconds, got {args.interval!r}") from None
+    if not interval > 0:
+        raise UsageError("--interval must be more than 0 seconds")
+    return Settings(
+        inventory=getattr(args, "inventory", None),
+        node_name=getattr(args, "node_name", None) or default_node_name(),
+        listen_host=listen_host,
+        listen_port=listen_port,
+        interval_seconds=interval,
+        netns=getattr(args, "netns", None),
+        log_format=args.log_format,
+        log_level=args.log_level,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from(args)
+    except UsageError as exc:
+        print(f"khan: {exc}", file=sys.stderr)
+        return 2
+    from khan import logs
+
+    logs.configure(settings.log_format, settings.log_level)
+    try:
+        if args.command == "agent":
+            from khan.app import run_agent
+
+            run_agent(settings)
+        elif args.command == "snapshot":
+            from khan.snapshot_command import run_snapshot
+
+            run_snapshot(settings)
+        else:
+            from khan.demo import run_demo
+
+            run_demo(settings)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # every expected failure carries one clear line
+        message = _one_line(exc)
+        if message is None:
+            raise
+        print(f"khan: {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _one_line(exc: Exception) -> str | None:
+    """The operator-facing line for an expected failure; None for a bug (which keeps its traceback)."""
+    from khan.conntrack.namespace import NamespaceError
+    from khan.conntrack.netlink import ConntrackError
+    from khan.inventory.from_file import InventoryError
+
+    expected: tuple[type[Exception], ...] = (ConntrackError, NamespaceError, InventoryError)
+    if args_startup := sys.modules.get("khan.app"):
+        expected += (args_startup.StartupError,)
+    if lab := sys.modules.get("khan.lab"):
+        expected += (lab.LabError,)
+    if isinstance(exc, expected):
+        return (exc.strerror if isinstance(exc, OSError) and exc.strerror else None) or str(exc)
+    return None

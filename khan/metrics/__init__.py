@@ -1,0 +1,1 @@
+"""From decoded flows to Prometheus exposition: the snapshot, the metric declarations, the collector."""

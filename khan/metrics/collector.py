@@ -1,0 +1,82 @@
+"""Health (the last poll and the totals) -> Prometheus metric families, built fresh on every scrape."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable, Iterator
+
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from khan import __version__
+from khan.metrics import families as f
+from khan.metrics.snapshot import Health
+
+
+def gauge(spec: f.MetricSpec, value: float | None = None) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(spec.name, spec.help, labels=spec.labels or None)
+    if value is not None:
+        family.add_metric([], value)
+    return family
+
+
+def counter(spec: f.MetricSpec, value: float | None = None) -> CounterMetricFamily:
+    family = CounterMetricFamily(spec.name.removesuffix("_total"), spec.help, labels=spec.labels or None)
+    if value is not None:
+        family.add_metric([], value)
+    return family
+
+
+def families(health: Health) -> Iterator[Metric]:
+    """Every family of families.ALL. Values that are not known yet (no poll so far) are left out, not zeroed."""
+    last = health.last
+    connections = gauge(f.CONNECTION)
+    if last is not None:
+        for labels, count in last.connections.items():
+            connections.add_metric(labels, count)
+    yield connections
+
+    yield counter(f.POLLS, health.polls)
+    yield counter(f.POLL_ERRORS, health.poll_errors)
+    yield counter(f.ENTRIES_READ, health.entries_read)
+    yield counter(f.ENTRIES_MALFORMED, health.entries_malformed)
+    yield counter(f.DUMPS_INTERRUPTED, health.dumps_interrupted)
+    if last is not None:
+        yield gauge(f.POLL_DURATION, last.duration_seconds)
+        yield gauge(f.POLL_ENTRIES, last.entries)
+        yield gauge(f.LAST_SUCCESS, last.finished_at)
+        objects = gauge(f.INVENTORY_OBJECTS)
+        for kind, number in sorted(last.inventory_objects.items()):
+            objects.add_metric([kind], number)
+        yield objects
+        yield gauge(f.INVENTORY_ADDRESSES, last.inventory_addresses)
+        table = last.table
+        if table is not None:
+            if table.entries is not None:
+                yield gauge(f.TABLE_ENTRIES, table.entries)
+            if table.limit is not None:
+                yield gauge(f.TABLE_LIMIT, table.limit)
+            if table.accounting is not None:
+                yield gauge(f.ACCOUNTING, 1 if table.accounting else 0)
+            events = counter(f.TABLE_EVENTS)
+            for event, number in sorted(table.events.items()):
+                events.add_metric([event], number)
+            yield events
+    info = InfoMetricFamily(f.BUILD_INFO.name, f.BUILD_INFO.help)
+    info.add_metric([], {"version": __version__, "python_version": platform.python_version()})
+    yield info
+
+
+class KhanCollector(Collector):
+    """Reads whatever Health the poller swapped in last; a scrape never waits for a poll."""
+
+    def __init__(self, current: Callable[[], Health]) -> None:
+        self._current = current
+
+    def collect(self) -> Iterator[Metric]:
+        return families(self._current())

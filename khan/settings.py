@@ -1,0 +1,28 @@
+"""Settings: frozen, each default with its reason."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_PORT = 9986  # khan's entry in Prometheus's default exporter port allocations list
+DEFAULT_LISTEN = f":{DEFAULT_PORT}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where the inventory comes from; None means the Kubernetes API (a later feature).
+    inventory: str | None = None
+    # The `node` label; from --node-name, KHAN_NODE_NAME, NODE_NAME (the downward API), then the hostname.
+    node_name: str = ""
+    # All interfaces: the agent runs with hostNetwork and Prometheus scrapes the node's address.
+    listen_host: str = ""
+    listen_port: int = DEFAULT_PORT
+    # 30 s: the original Khan's period; a full table dump costs ~1-2 s of one core.
+    interval_seconds: float = 30.0
+    # The network namespace whose table is read (by name under /run/netns); None is the agent's own.
+    netns: str | None = None
+    log_format: str = "auto"  # json off a TTY, console on one
+    log_level: str = "info"
+    # A poll retries an interrupted dump this many times before it reports the inconsistent result.
+    dump_attempts: int = 3
+    extra: dict[str, str] = field(default_factory=dict, compare=False, repr=False)

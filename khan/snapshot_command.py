@@ -1,0 +1,30 @@
+"""`khan snapshot`: one poll, printed as the same text exposition the agent serves. The attributed
+cousin of `conntrack -L`."""
+
+from __future__ import annotations
+
+import sys
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from khan.inventory.source import InventorySource
+from khan.metrics.collector import KhanCollector
+from khan.metrics.snapshot import Health
+from khan.poll import poll
+from khan.settings import Settings
+
+
+def run_snapshot(settings: Settings) -> None:
+    inventory = InventorySource(settings.inventory).load()
+    result = poll(inventory, settings.node_name, settings.netns, settings.dump_attempts)
+    health = Health(
+        last=result,
+        polls=1,
+        entries_read=result.entries,
+        entries_malformed=result.malformed,
+        dumps_interrupted=1 if result.interrupted else 0,
+    )
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(KhanCollector(lambda: health))
+    sys.stdout.buffer.write(generate_latest(registry))
+    sys.stdout.flush()
