@@ -1,0 +1,142 @@
+"""`make bench`: khan snapshot against `conntrack -L` on a full table, in a namespace made for the purpose.
+
+Fills a private network namespace's table with 262,144 UDP flows (many client ports, a few dozen destinations,
+a few ports), then alternates `conntrack -L > /dev/null` and `khan snapshot > /dev/null` inside it and reports
+medians of wall time and peak RSS, checks that khan counted every entry, and times the agent's own poll
+(imports excluded). Run as root. Everything it makes is removed on exit.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from khan.conntrack.namespace import entered
+from khan.inventory.index import build_inventory
+from khan.poll import poll
+
+FLOWS = 262_144
+RUNS = 7
+NETNS = f"khanbench{os.getpid()}"
+DESTINATIONS = [f"10.77.0.{i}" for i in range(1, 33)]  # 32 destinations
+PORTS = [53, 80, 443, 5432, 6379, 8080, 9000, 11211]  # 8 ports
+SOURCES = [f"10.76.0.{i}" for i in range(1, 5)]  # 4 clients
+RESULTS = Path(__file__).parent / "results"
+
+
+def sh(*argv: str) -> None:
+    subprocess.run(argv, check=True)
+
+
+def in_ns(*argv: str) -> list[str]:
+    return ["ip", "netns", "exec", NETNS, *argv]
+
+
+def build_namespace() -> None:
+    sh("ip", "netns", "add", NETNS)
+    for argv in (
+        ("ip", "link", "set", "lo", "up"),
+        ("ip", "route", "add", "local", "10.76.0.0/16", "dev", "lo"),
+        ("ip", "route", "add", "local", "10.77.0.0/16", "dev", "lo"),
+        # Inside this namespace only: unreplied UDP flows must outlive the benchmark.
+        ("sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout=3600"),
+        ("nft", "add table inet khanbench"),
+        ("nft", "add chain inet khanbench out { type filter hook output priority 0 ; }"),
+        ("nft", "add rule inet khanbench out ct state new counter"),
+    ):
+        sh(*in_ns(*argv))
+
+
+def fill() -> float:
+    """FLOWS distinct UDP flows: each client socket (one source port) sends to every destination and port."""
+    started = time.perf_counter()
+    targets = [(d, p) for d in DESTINATIONS for p in PORTS]
+    sent, port = 0, 20000
+    with entered(NETNS):
+        while sent < FLOWS:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.bind((SOURCES[port % len(SOURCES)], port))
+                for target in targets[: FLOWS - sent]:
+                    sock.sendto(b"k", target)
+                    sent += 1
+            port += 1
+    return time.perf_counter() - started
+
+
+def table_count() -> int:
+    out = subprocess.run(in_ns("conntrack", "-C"), check=True, capture_output=True, text=True).stdout
+    return int(out.strip())
+
+
+def timed(argv: list[str]) -> tuple[float, int, bytes]:
+    """Wall seconds, peak RSS in KiB, stdout."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE)
+    out = proc.stdout.read() if proc.stdout else b""
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{argv} exited {proc.returncode}")
+    return wall, usage.ru_maxrss, out
+
+
+def counted(exposition: bytes) -> int:
+    total = 0.0
+    for line in exposition.decode().splitlines():
+        if line.startswith("khan_connection{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
+def main() -> None:
+    if os.geteuid() != 0:
+        raise SystemExit("the benchmark needs root (it builds a network namespace)")
+    khan = [sys.executable, "-m", "khan", "snapshot", "--node-name", "bench", "--log-level", "error"]
+    try:
+        build_namespace()
+        fill_seconds = fill()
+        entries = table_count()
+        conntrack_runs, khan_runs = [], []
+        khan_counted = set()
+        for _ in range(RUNS):
+            wall, rss, _ = timed(in_ns("sh", "-c", "exec conntrack -L > /dev/null 2>&1"))
+            conntrack_runs.append((wall, rss))
+            wall, rss, out = timed(in_ns(*khan))
+            khan_runs.append((wall, rss))
+            khan_counted.add(counted(out))
+        inventory = build_inventory(())
+        polls = [poll(inventory, "bench", NETNS).duration_seconds for _ in range(RUNS)]
+    finally:
+        subprocess.run(["ip", "netns", "del", NETNS], check=False)
+
+    ct_wall = statistics.median(w for w, _ in conntrack_runs)
+    khan_wall = statistics.median(w for w, _ in khan_runs)
+    lines = [
+        f"table: {entries} UDP entries ({len(SOURCES)} clients x many ports -> {len(DESTINATIONS)} destinations"
+        f" x {len(PORTS)} ports), filled in {fill_seconds:.1f} s; medians of {RUNS} alternating runs",
+        "",
+        "| command | wall (median) | peak RSS (median) |",
+        "| --- | --- | --- |",
+        f"| `conntrack -L > /dev/null` | {ct_wall:.2f} s | {statistics.median(r for _, r in conntrack_runs) / 1024:.0f} MB |",
+        f"| `khan snapshot > /dev/null` | {khan_wall:.2f} s | {statistics.median(r for _, r in khan_runs) / 1024:.0f} MB |",
+        f"| agent poll (in process, imports excluded) | {statistics.median(polls):.2f} s | |",
+        "",
+        f"khan / conntrack -L wall: {khan_wall / ct_wall:.2f}x (target <= 1.5x)",
+        f"connections counted by khan: {sorted(khan_counted)} (table size {entries})",
+    ]
+    report = "\n".join(lines)
+    print(report)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "latest.md").write_text(report + "\n")
+    if khan_counted != {entries}:
+        raise SystemExit("khan did not count every entry of the table")
+
+
+if __name__ == "__main__":
+    main()

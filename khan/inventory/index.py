@@ -1,0 +1,99 @@
+"""Address -> owner: every object's claims merged into one immutable index by fixed ownership rules.
+
+A file load builds the index once (`build_inventory`). A watch keeps the latest `Projection` per `ObjectKey` and
+builds a new index from them when something changes (`inventory_from_projections`); either way the result
+depends only on the set of claims, never on the order they arrived in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+from khan.inventory.objects import EXTERNAL, KINDS, Claim, Owner, Projection, project
+
+__all__ = ["EXTERNAL", "Inventory", "Owner", "build_inventory", "inventory_from_projections", "resolve"]
+
+# Who wins a contested address, highest first. Service and node addresses are declared and stable; a live pod's
+# IP is its own; a pod CIDR's gateway and network addresses matter only when nothing more specific claims them.
+_RANK: dict[str, int] = {"service": 5, "node": 4, "pod": 3, "gateway": 2, "network": 1}
+# A finished pod keeps its IP in status after the IP was handed to another pod, so it loses to everything.
+_FINISHED_POD_RANK = 0
+
+
+class Inventory:
+    """Who owns each known address, at one moment. Immutable: a change builds a new inventory."""
+
+    __slots__ = ("_objects", "_owners", "_skipped")
+
+    def __init__(
+        self,
+        owners: Mapping[bytes, Owner] | None = None,
+        objects: Mapping[str, int] | None = None,
+        skipped: int = 0,
+    ) -> None:
+        self._owners: dict[bytes, Owner] = dict(owners or {})  # private and never mutated: a plain dict is fastest
+        self._objects: Mapping[str, int] = MappingProxyType({kind: 0 for kind in KINDS} | dict(objects or {}))
+        self._skipped = skipped
+
+    def owner(self, address: bytes) -> Owner:
+        """A packed address (4 or 16 bytes) -> its owner; EXTERNAL if no object claims it."""
+        return self._owners.get(address, EXTERNAL)
+
+    @property
+    def objects(self) -> Mapping[str, int]:
+        """Objects indexed, by kind; every kind in KINDS is present, 0 if none came."""
+        return self._objects
+
+    @property
+    def skipped(self) -> int:
+        """Objects ignored: not a Node, Pod or Service, or lacking the fields that name one."""
+        return self._skipped
+
+    def __len__(self) -> int:
+        return len(self._owners)
+
+    def __repr__(self) -> str:
+        return f"Inventory(addresses={len(self)}, objects={dict(self._objects)}, skipped={self._skipped})"
+
+
+def build_inventory(objects: Iterable[Mapping[str, Any]]) -> Inventory:
+    """Raw API objects -> an inventory. Never raises on bad input: what cannot be projected is counted as skipped."""
+    projections: list[Projection] = []
+    skipped = 0
+    for obj in objects:
+        projection = project(obj)
+        if projection is None:
+            skipped += 1
+        else:
+            projections.append(projection)
+    return inventory_from_projections(projections, skipped)
+
+
+def inventory_from_projections(projections: Iterable[Projection], skipped: int = 0) -> Inventory:
+    """Projected objects -> an inventory; `skipped` is passed through for the caller's own count."""
+    counts: dict[str, int] = {}
+    claims: list[Claim] = []
+    for projection in projections:
+        counts[projection.key.kind] = counts.get(projection.key.kind, 0) + 1
+        claims.extend(projection.claims)
+    return Inventory(resolve(claims), counts, skipped)
+
+
+def resolve(claims: Iterable[Claim]) -> dict[bytes, Owner]:
+    """Claims -> the winning owner of each address."""
+    best: dict[bytes, tuple[tuple[int, float, str, str, str, str], Owner]] = {}
+    for claim in claims:
+        precedence = _precedence(claim)
+        held = best.get(claim.address)
+        if held is None or precedence < held[0]:
+            best[claim.address] = (precedence, claim.owner)
+    return {address: owner for address, (_, owner) in best.items()}
+
+
+def _precedence(claim: Claim) -> tuple[int, float, str, str, str, str]:
+    """Sort key, lowest wins: highest rank, then newest object, then name order; total, so input order never decides."""
+    owner = claim.owner
+    rank = _FINISHED_POD_RANK if claim.finished else _RANK.get(owner.type, -1)
+    return (-rank, -claim.created, owner.ns, owner.name, owner.type, owner.app)

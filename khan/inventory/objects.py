@@ -1,0 +1,313 @@
+"""Pure projections: one raw Node, Pod or Service dict -> the address claims it makes.
+
+The input is one item of `kubectl get nodes,pods,services -A -o yaml`, which has the same shape as the object of
+a kubernetes_asyncio raw watch event, so a file load and a watch share these functions one object at a time.
+Input is untrusted: a field of the wrong type is ignored, an invalid address is dropped, and an object that
+cannot be named is not projected at all (`project` returns None). Nothing here raises on bad input.
+
+Which claim wins a contested address is not decided here but in `khan.inventory.index`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, NamedTuple, TypedDict, cast
+
+# The kinds khan projects; everything else in an inventory is skipped.
+NODE = "Node"
+POD = "Pod"
+SERVICE = "Service"
+KINDS: tuple[str, ...] = (NODE, POD, SERVICE)
+
+# The pod phases whose status may still show an IP that was since given to another pod.
+_FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
+# Hostname and the DNS types are names, not addresses.
+_NODE_ADDRESS_TYPES = frozenset({"InternalIP", "ExternalIP"})
+
+
+# The raw shapes, cut down to the fields khan reads. `total=False`: any of them may be missing.
+
+
+class RawObjectMeta(TypedDict, total=False):
+    name: str
+    namespace: str
+    labels: dict[str, str]
+    creationTimestamp: str  # RFC 3339; an unquoted one in a hand-written YAML file arrives as a datetime
+
+
+class RawPodIP(TypedDict, total=False):
+    ip: str
+
+
+class RawPodSpec(TypedDict, total=False):
+    hostNetwork: bool
+
+
+class RawPodStatus(TypedDict, total=False):
+    phase: str
+    podIP: str
+    podIPs: list[RawPodIP]
+
+
+class RawPod(TypedDict, total=False):
+    apiVersion: str
+    kind: str
+    metadata: RawObjectMeta
+    spec: RawPodSpec
+    status: RawPodStatus
+
+
+class RawServiceSpec(TypedDict, total=False):
+    clusterIP: str
+    clusterIPs: list[str]  # "None" for a headless service
+    externalIPs: list[str]
+
+
+class RawLoadBalancerIngress(TypedDict, total=False):
+    ip: str  # some clouds give only a hostname, which khan cannot attribute
+
+
+class RawLoadBalancerStatus(TypedDict, total=False):
+    ingress: list[RawLoadBalancerIngress]
+
+
+class RawServiceStatus(TypedDict, total=False):
+    loadBalancer: RawLoadBalancerStatus
+
+
+class RawService(TypedDict, total=False):
+    apiVersion: str
+    kind: str
+    metadata: RawObjectMeta
+    spec: RawServiceSpec
+    status: RawServiceStatus
+
+
+class RawNodeAddress(TypedDict, total=False):
+    type: str
+    address: str
+
+
+class RawNodeSpec(TypedDict, total=False):
+    podCIDR: str
+    podCIDRs: list[str]
+
+
+class RawNodeStatus(TypedDict, total=False):
+    addresses: list[RawNodeAddress]
+
+
+class RawNode(TypedDict, total=False):
+    apiVersion: str
+    kind: str
+    metadata: RawObjectMeta
+    spec: RawNodeSpec
+    status: RawNodeStatus
+
+
+# The records.
+
+
+class Owner(NamedTuple):
+    """What an address belongs to: the label values of every series that names it."""
+
+    type: str  # "pod" | "service" | "node" | "network" | "gateway" | "external"
+    ns: str
+    app: str
+    name: str
+
+
+EXTERNAL = Owner("external", "", "", "")
+
+
+class ObjectKey(NamedTuple):
+    """Names one API object across watch events, so that its claims can be replaced or dropped together."""
+
+    kind: str  # one of KINDS
+    ns: str  # "" for nodes
+    name: str
+
+
+class Claim(NamedTuple):
+    """One object's claim on one address."""
+
+    address: bytes  # packed, as socket.inet_pton gives it
+    owner: Owner
+    finished: bool  # a Succeeded or Failed pod, whose IP may belong to someone else by now
+    created: float  # the object's creationTimestamp in Unix seconds; 0.0 if absent or unreadable
+
+
+class Projection(NamedTuple):
+    """Everything one object says about addresses; `claims` is empty for a pod without an IP."""
+
+    key: ObjectKey
+    claims: tuple[Claim, ...]
+
+
+class _Meta(NamedTuple):
+    ns: str
+    name: str
+    app: str
+    created: float
+
+
+def project(obj: Mapping[str, Any], default_kind: str | None = None) -> Projection | None:
+    """A raw object -> its projection; None if it is not a nameable core v1 Node, Pod or Service.
+
+    `default_kind` is for items that do not name their own kind, as in a PodList straight from the API.
+    """
+    if not isinstance(obj, Mapping):
+        return None
+    kind = obj.get("kind", default_kind)
+    # A CRD may reuse a core name (Knative's Service); only core v1 objects have these fields.
+    if obj.get("apiVersion", "v1") != "v1":
+        return None
+    if kind == POD:
+        return project_pod(cast(RawPod, obj))
+    if kind == SERVICE:
+        return project_service(cast(RawService, obj))
+    if kind == NODE:
+        return project_node(cast(RawNode, obj))
+    return None
+
+
+def project_pod(pod: RawPod) -> Projection | None:
+    """Every pod IP (both families); nothing for a hostNetwork pod, whose addresses are its node's."""
+    meta = _read_meta(pod.get("metadata"), namespaced=True)
+    spec = pod.get("spec") or {}
+    status = pod.get("status") or {}
+    if meta is None or not isinstance(spec, Mapping) or not isinstance(status, Mapping):
+        return None
+    key = ObjectKey(POD, meta.ns, meta.name)
+    if spec.get("hostNetwork") is True:
+        return Projection(key, ())
+    pod_ips = status.get("podIPs")
+    values: list[object]
+    if isinstance(pod_ips, list) and pod_ips:
+        values = [entry.get("ip") for entry in pod_ips if isinstance(entry, Mapping)]
+    else:  # podIPs arrived with dual-stack (1.16); podIP alone is the older form of the same thing
+        values = [status.get("podIP")]
+    owner = Owner("pod", meta.ns, meta.app, meta.name)
+    finished = status.get("phase") in _FINISHED_PHASES
+    return Projection(key, _claims(values, owner, finished, meta.created))
+
+
+def project_service(service: RawService) -> Projection | None:
+    """Cluster IPs (not "None"), external IPs and load-balancer ingress IPs."""
+    meta = _read_meta(service.get("metadata"), namespaced=True)
+    spec = service.get("spec") or {}
+    status = service.get("status") or {}
+    if meta is None or not isinstance(spec, Mapping) or not isinstance(status, Mapping):
+        return None
+    cluster_ips = spec.get("clusterIPs")
+    values: list[object] = []
+    if isinstance(cluster_ips, list) and cluster_ips:
+        values.extend(cluster_ips)
+    else:
+        values.append(spec.get("clusterIP"))
+    external_ips = spec.get("externalIPs")
+    if isinstance(external_ips, list):
+        values.extend(external_ips)
+    load_balancer = status.get("loadBalancer")
+    if isinstance(load_balancer, Mapping):
+        ingress = load_balancer.get("ingress")
+        if isinstance(ingress, list):
+            values.extend(entry.get("ip") for entry in ingress if isinstance(entry, Mapping))
+    # "None" and "" fail to parse and so drop out with every other invalid address.
+    owner = Owner("service", meta.ns, meta.app, meta.name)
+    return Projection(ObjectKey(SERVICE, meta.ns, meta.name), _claims(values, owner, False, meta.created))
+
+
+def project_node(node: RawNode) -> Projection | None:
+    """Internal and external addresses, plus each pod CIDR's network address and first host (its gateway)."""
+    meta = _read_meta(node.get("metadata"), namespaced=False)
+    spec = node.get("spec") or {}
+    status = node.get("status") or {}
+    if meta is None or not isinstance(spec, Mapping) or not isinstance(status, Mapping):
+        return None
+    addresses = status.get("addresses")
+    values: list[object] = []
+    if isinstance(addresses, list):
+        values.extend(
+            entry.get("address")
+            for entry in addresses
+            if isinstance(entry, Mapping) and entry.get("type") in _NODE_ADDRESS_TYPES
+        )
+    claims = list(_claims(values, Owner("node", "", meta.app, meta.name), False, meta.created))
+
+    pod_cidrs = spec.get("podCIDRs")
+    cidrs: list[object] = list(pod_cidrs) if isinstance(pod_cidrs, list) and pod_cidrs else [spec.get("podCIDR")]
+    network_owner = Owner("network", "", "", meta.name)
+    gateway_owner = Owner("gateway", "", "", meta.name)
+    for cidr in cidrs:
+        network = _network(cidr)
+        if network is None:
+            continue
+        claims.append(Claim(network.network_address.packed, network_owner, False, meta.created))
+        if network.num_addresses > 1:  # a /32 or /128 has no host beyond its network address
+            claims.append(Claim((network.network_address + 1).packed, gateway_owner, False, meta.created))
+    return Projection(ObjectKey(NODE, "", meta.name), tuple(dict.fromkeys(claims)))
+
+
+def _read_meta(meta: object, *, namespaced: bool) -> _Meta | None:
+    """metadata -> what khan keeps of it; None if the object has no usable name."""
+    if not isinstance(meta, Mapping):
+        return None
+    name = meta.get("name")
+    if not isinstance(name, str) or not name:
+        return None
+    ns = (meta.get("namespace") or "") if namespaced else ""
+    if not isinstance(ns, str):
+        return None
+    return _Meta(ns, name, _app(meta.get("labels")), _created(meta.get("creationTimestamp")))
+
+
+def _app(labels: object) -> str:
+    """The `app` label, else `app.kubernetes.io/name` (the recommended label), else ""."""
+    if not isinstance(labels, Mapping):
+        return ""
+    for label in ("app", "app.kubernetes.io/name"):
+        value = labels.get(label)
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
+def _created(value: object) -> float:
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return 0.0
+    if not isinstance(value, datetime):
+        return 0.0
+    if value.tzinfo is None:  # the API always writes UTC ("Z"); a naive value lost its zone on the way
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()
+
+
+def _address(value: object) -> bytes | None:
+    """An address string -> packed bytes; one spelling per address ("fd00::0a" is "fd00::a")."""
+    if not isinstance(value, str):  # ip_address() would also take an int, which no API field holds
+        return None
+    try:
+        return ipaddress.ip_address(value).packed
+    except ValueError:
+        return None
+
+
+def _network(value: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return None
+
+
+def _claims(values: Iterable[object], owner: Owner, finished: bool, created: float) -> tuple[Claim, ...]:
+    """Address strings -> one claim per distinct valid address, in input order."""
+    addresses = dict.fromkeys(address for address in map(_address, values) if address is not None)
+    return tuple(Claim(address, owner, finished, created) for address in addresses)
