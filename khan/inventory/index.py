@@ -34,7 +34,7 @@ class Inventory:
         skipped: int = 0,
     ) -> None:
         self._owners: dict[bytes, Owner] = dict(owners or {})  # private and never mutated: a plain dict is fastest
-        self._objects: Mapping[str, int] = MappingProxyType({kind: 0 for kind in KINDS} | dict(objects or {}))
+        self._objects: Mapping[str, int] = MappingProxyType(dict.fromkeys(KINDS, 0) | dict(objects or {}))
         self._skipped = skipped
 
     def owner(self, address: bytes) -> Owner:
