@@ -1,0 +1,78 @@
+"""The exposition of a fixed poll, byte for byte against a golden file that `promtool check metrics` accepts."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from khan.conntrack.table import TableStats
+from khan.metrics import families
+from khan.metrics.collector import KhanCollector
+from khan.metrics.snapshot import Health, PollResult
+
+GOLDEN = Path(__file__).parent / "fixtures" / "golden" / "exposition.prom"
+
+POLL = PollResult(
+    node="node1",
+    connections={
+        (
+            "node1", "pod", "10.244.1.10", "shop", "web", "pod-a",
+            "service", "10.96.0.10", "shop", "web-svc", "web-svc", "80", "tcp", "ESTABLISHED",
+        ): 3,
+        (
+            "node1", "external", "192.0.2.10", "", "", "",
+            "pod", "10.244.1.10", "shop", "web", "pod-a", "8080", "tcp", "TIME_WAIT",
+        ): 1,
+        (
+            "node1", "pod", "10.244.1.10", "shop", "web", "pod-a",
+            "pod", "10.244.2.10", "shop", "db", "pod-c", "53", "udp", "ASSURED",
+        ): 2,
+    },
+    entries=6,
+    malformed=1,
+    interrupted=False,
+    duration_seconds=0.25,
+    finished_at=1795000000.0,
+    table=TableStats(entries=6, limit=262144, accounting=True, events={"drop": 0, "early_drop": 2}),
+    inventory_objects={"Node": 2, "Pod": 3, "Service": 1},
+    inventory_addresses=9,
+)  # fmt: skip
+HEALTH = Health(last=POLL, polls=4, poll_errors=1, entries_read=20, entries_malformed=1, dumps_interrupted=0)
+
+
+def render(health: Health) -> str:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(KhanCollector(lambda: health))
+    return generate_latest(registry).decode().replace(platform.python_version(), "PYTHON_VERSION")
+
+
+def test_exposition_matches_golden() -> None:
+    assert render(HEALTH) == GOLDEN.read_text()
+
+
+def test_golden_passes_promtool(tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is installed by `make test` (Debian package prometheus)"
+    exposition = render(HEALTH).replace("PYTHON_VERSION", platform.python_version())
+    checked = subprocess.run([promtool, "check", "metrics"], input=exposition, capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout.strip() == ""  # no lint warnings either
+
+
+def test_every_declared_metric_is_served() -> None:
+    text = render(HEALTH)
+    for spec in families.ALL:
+        exposed = spec.name + "_info" if spec.kind == "info" else spec.name
+        assert f"# TYPE {exposed} " in text or f"# TYPE {exposed.removesuffix('_total')} " in text, spec.name
+
+
+def test_before_the_first_poll_only_totals_and_build_info_are_served() -> None:
+    text = render(Health())
+    assert "khan_polls_total 0.0" in text
+    assert "khan_build_info{" in text
+    assert "khan_connection{" not in text
+    assert "khan_last_successful_poll_timestamp_seconds" not in text
