@@ -9,63 +9,24 @@ medians of wall time and peak RSS, checks that khan counted every entry, and tim
 from __future__ import annotations
 
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from khan.conntrack.namespace import entered
 from khan.inventory.index import build_inventory
+from khan.lab import FILL_DESTINATIONS, FILL_PORTS, FILL_SOURCES, fill_udp_flows, table_namespace
 from khan.poll import poll
 
 FLOWS = 262_144
 RUNS = 7
 NETNS = f"khanbench{os.getpid()}"
-DESTINATIONS = [f"10.77.0.{i}" for i in range(1, 33)]  # 32 destinations
-PORTS = [53, 80, 443, 5432, 6379, 8080, 9000, 11211]  # 8 ports
-SOURCES = [f"10.76.0.{i}" for i in range(1, 5)]  # 4 clients
 RESULTS = Path(__file__).parent / "results"
-
-
-def sh(*argv: str) -> None:
-    subprocess.run(argv, check=True)
 
 
 def in_ns(*argv: str) -> list[str]:
     return ["ip", "netns", "exec", NETNS, *argv]
-
-
-def build_namespace() -> None:
-    sh("ip", "netns", "add", NETNS)
-    for argv in (
-        ("ip", "link", "set", "lo", "up"),
-        ("ip", "route", "add", "local", "10.76.0.0/16", "dev", "lo"),
-        ("ip", "route", "add", "local", "10.77.0.0/16", "dev", "lo"),
-        # Inside this namespace only: unreplied UDP flows must outlive the benchmark.
-        ("sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout=3600"),
-        ("nft", "add table inet khanbench"),
-        ("nft", "add chain inet khanbench out { type filter hook output priority 0 ; }"),
-        ("nft", "add rule inet khanbench out ct state new counter"),
-    ):
-        sh(*in_ns(*argv))
-
-
-def fill() -> float:
-    """FLOWS distinct UDP flows: each client socket (one source port) sends to every destination and port."""
-    started = time.perf_counter()
-    targets = [(d, p) for d in DESTINATIONS for p in PORTS]
-    sent, port = 0, 20000
-    with entered(NETNS):
-        while sent < FLOWS:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-                sock.bind((SOURCES[port % len(SOURCES)], port))
-                for target in targets[: FLOWS - sent]:
-                    sock.sendto(b"k", target)
-                    sent += 1
-            port += 1
-    return time.perf_counter() - started
 
 
 def table_count() -> int:
@@ -98,9 +59,10 @@ def main() -> None:
     if os.geteuid() != 0:
         raise SystemExit("the benchmark needs root (it builds a network namespace)")
     khan = [sys.executable, "-m", "khan", "snapshot", "--node-name", "bench", "--log-level", "error"]
-    try:
-        build_namespace()
-        fill_seconds = fill()
+    with table_namespace(NETNS):
+        started = time.perf_counter()
+        fill_udp_flows(NETNS, FLOWS)
+        fill_seconds = time.perf_counter() - started
         entries = table_count()
         conntrack_runs, khan_runs = [], []
         khan_counted = set()
@@ -112,16 +74,14 @@ def main() -> None:
             khan_counted.add(counted(out))
         inventory = build_inventory(())
         polls = [poll(inventory, "bench", NETNS).duration_seconds for _ in range(RUNS)]
-    finally:
-        subprocess.run(["ip", "netns", "del", NETNS], check=False)
 
     ct_wall = statistics.median(w for w, _ in conntrack_runs)
     khan_wall = statistics.median(w for w, _ in khan_runs)
     ct_rss = statistics.median(r for _, r in conntrack_runs) / 1024
     khan_rss = statistics.median(r for _, r in khan_runs) / 1024
     lines = [
-        f"table: {entries} UDP entries ({len(SOURCES)} clients x many ports -> {len(DESTINATIONS)} destinations"
-        f" x {len(PORTS)} ports), filled in {fill_seconds:.1f} s; medians of {RUNS} alternating runs",
+        f"table: {entries} UDP entries ({len(FILL_SOURCES)} clients x many ports -> {len(FILL_DESTINATIONS)}"
+        f" destinations x {len(FILL_PORTS)} ports), filled in {fill_seconds:.1f} s; medians of {RUNS} alternating runs",
         "",
         "| command | wall (median) | peak RSS (median) |",
         "| --- | --- | --- |",
