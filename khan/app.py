@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import os
 import signal
 import time
 from dataclasses import replace
@@ -67,7 +68,7 @@ class Agent:
         except OSError as exc:
             await runner.cleanup()
             where = f"{self.settings.listen_host}:{self.settings.listen_port}"
-            raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
+            raise StartupError(f"cannot listen on {where}: {os.strerror(exc.errno) if exc.errno else exc}") from exc
         log.info(
             "agent_started",
             listen=f"{self.settings.listen_host}:{self.settings.listen_port}",

@@ -593,7 +593,9 @@ def table_namespace(name: str) -> Iterator[str]:
         )
         _run(["ip", "-n", name, "-batch", "-"], stdin=script + "\n")
         _run(["ip", "netns", "exec", name, "sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout=3600"])
-        ruleset = "table inet khanfill { chain out { type filter hook output priority 0; ct state new counter; } }"
+        ruleset = (
+            "table inet khanfill {\n chain out {\n  type filter hook output priority 0;\n  ct state new counter\n }\n}"
+        )
         _run(["ip", "netns", "exec", name, "nft", "-f", "-"], stdin=ruleset + "\n")
         yield name
     finally:

@@ -50,10 +50,9 @@ def test_source_ports_never_split_series_and_counts_add_up() -> None:
 
 def test_icmp_has_no_port_and_unknown_addresses_are_external() -> None:
     series = attribute(count_flows([[flow(1, OUTSIDE, POD, 0, 0, 0, NO_TCP_STATE)]]), INVENTORY, "n")
-    assert series == {
-        ("n", "external", "192.0.2.7", "", "", "", "pod", "10.244.1.10", "shop", "web", "web-1", "", "icmp", "UNREPLIED")
-        : 1
-    }  # fmt: skip
+    outside = ("external", "192.0.2.7", "", "", "")
+    pod = ("pod", "10.244.1.10", "shop", "web", "web-1")
+    assert series == {("n", *outside, *pod, "", "icmp", "UNREPLIED"): 1}
 
 
 def test_states() -> None:

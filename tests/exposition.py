@@ -1,0 +1,44 @@
+"""Running the real `khan` command and reading what it prints."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Sequence
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from khan.metrics.families import CONNECTION_LABELS
+
+KHAN = [sys.executable, "-m", "khan"]
+
+# A khan_connection series as the tests write it: every label but `node`, in CONNECTION_LABELS order.
+Series = tuple[str, ...]
+
+
+def khan(args: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*KHAN, *args], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def samples(exposition: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    found: dict[tuple[tuple[str, str], ...], float] = {}
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == name:
+                found[tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+def connections(exposition: str, node: str) -> dict[Series, int]:
+    """khan_connection series of `node`, as label tuples without the node."""
+    out: dict[Series, int] = {}
+    for labels, value in samples(exposition, "khan_connection").items():
+        as_dict = dict(labels)
+        assert as_dict["node"] == node
+        out[tuple(as_dict[name] for name in CONNECTION_LABELS[1:])] = int(value)
+    return out
+
+
+def value(exposition: str, name: str) -> float:
+    (found,) = samples(exposition, name).values()
+    return found
