@@ -77,7 +77,8 @@ def dump_request(sequence: int) -> bytes:
 def dump_flows(stats: DumpStats) -> Iterator[list[Flow]]:
     """Dump the current namespace's table; yields the entries of each received buffer as one batch.
 
-    Raises ConntrackError when the kernel answers with an error, including ENOBUFS (entries were lost).
+    An interrupted dump (NLM_F_DUMP_INTR, or ENOBUFS: entries were lost) sets `stats.interrupted` for the
+    caller to retry. Raises ConntrackError when the kernel answers with an error.
     """
     buf = bytearray(RECEIVE_BUFFER_BYTES)
     templates: dict[int, list[Template]] = {}
@@ -87,6 +88,9 @@ def dump_flows(stats: DumpStats) -> Iterator[list[Flow]]:
             try:
                 length = sock.recv_into(buf, 0, socket.MSG_TRUNC)
             except OSError as exc:
+                if exc.errno == errno.ENOBUFS:  # the kernel dropped part of the dump: as good as interrupted
+                    stats.interrupted = True
+                    return
                 raise ConntrackError(exc.errno or errno.EIO, describe_error(exc.errno or errno.EIO)) from exc
             # A batch larger than the buffer was cut short: decode_chunk counts its cut message as malformed.
             length = min(length, len(buf))
