@@ -150,8 +150,8 @@ def _one_line(exc: Exception) -> str | None:
     from khan.inventory.from_file import InventoryError
 
     expected: tuple[type[Exception], ...] = (ConntrackError, NamespaceError, InventoryError)
-    if args_startup := sys.modules.get("khan.app"):
-        expected += (args_startup.StartupError,)
+    if app := sys.modules.get("khan.app"):
+        expected += (app.StartupError,)
     if lab := sys.modules.get("khan.lab"):
         expected += (lab.LabError,)
     if isinstance(exc, expected):

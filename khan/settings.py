@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 DEFAULT_PORT = 9986  # khan's entry in Prometheus's default exporter port allocations list
 DEFAULT_LISTEN = f":{DEFAULT_PORT}"
@@ -25,4 +25,3 @@ class Settings:
     log_level: str = "info"
     # A poll retries an interrupted dump this many times before it reports the inconsistent result.
     dump_attempts: int = 3
-    extra: dict[str, str] = field(default_factory=dict, compare=False, repr=False)

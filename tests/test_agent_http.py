@@ -150,11 +150,12 @@ def test_missing_namespace_is_one_clear_line() -> None:
     )
 
 
-def test_no_netlink_permission_is_one_clear_line(lab: tuple[Lab, Path]) -> None:
+@pytest.mark.parametrize("command", [["snapshot"], ["agent"]])  # the agent listens inside node1
+def test_no_netlink_permission_is_one_clear_line(lab: tuple[Lab, Path], command: list[str]) -> None:
     # An unprivileged user in node1's namespace: the kernel refuses the dump with EPERM.
     done = lab[0].run(
         "node1",
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *KHAN, "snapshot", "--log-level", "error"],
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *KHAN, *command, "--log-level", "error"],
         capture_output=True,
         text=True,
         timeout=60,
