@@ -175,11 +175,10 @@ def project(obj: Mapping[str, Any], default_kind: str | None = None) -> Projecti
 
 def project_pod(pod: RawPod) -> Projection | None:
     """Every pod IP (both families); nothing for a hostNetwork pod, whose addresses are its node's."""
-    meta = _read_meta(pod.get("metadata"), namespaced=True)
-    spec = pod.get("spec") or {}
-    status = pod.get("status") or {}
-    if meta is None or not isinstance(spec, Mapping) or not isinstance(status, Mapping):
+    parts = _parts(pod, namespaced=True)
+    if parts is None:
         return None
+    meta, spec, status = parts
     key = ObjectKey(POD, meta.ns, meta.name)
     if spec.get("hostNetwork") is True:
         return Projection(key, ())
@@ -196,11 +195,10 @@ def project_pod(pod: RawPod) -> Projection | None:
 
 def project_service(service: RawService) -> Projection | None:
     """Cluster IPs (not "None"), external IPs and load-balancer ingress IPs."""
-    meta = _read_meta(service.get("metadata"), namespaced=True)
-    spec = service.get("spec") or {}
-    status = service.get("status") or {}
-    if meta is None or not isinstance(spec, Mapping) or not isinstance(status, Mapping):
+    parts = _parts(service, namespaced=True)
+    if parts is None:
         return None
+    meta, spec, status = parts
     cluster_ips = spec.get("clusterIPs")
     values: list[object] = []
     if isinstance(cluster_ips, list) and cluster_ips:
@@ -222,11 +220,10 @@ def project_service(service: RawService) -> Projection | None:
 
 def project_node(node: RawNode) -> Projection | None:
     """Internal and external addresses, plus each pod CIDR's network address and first host (its gateway)."""
-    meta = _read_meta(node.get("metadata"), namespaced=False)
-    spec = node.get("spec") or {}
-    status = node.get("status") or {}
-    if meta is None or not isinstance(spec, Mapping) or not isinstance(status, Mapping):
+    parts = _parts(node, namespaced=False)
+    if parts is None:
         return None
+    meta, spec, status = parts
     addresses = status.get("addresses")
     values: list[object] = []
     if isinstance(addresses, list):
@@ -249,6 +246,16 @@ def project_node(node: RawNode) -> Projection | None:
         if network.num_addresses > 1:  # a /32 or /128 has no host beyond its network address
             claims.append(Claim((network.network_address + 1).packed, gateway_owner, False, meta.created))
     return Projection(ObjectKey(NODE, "", meta.name), tuple(dict.fromkeys(claims)))
+
+
+def _parts(obj: Mapping[str, Any], *, namespaced: bool) -> tuple[_Meta, Mapping[str, Any], Mapping[str, Any]] | None:
+    """metadata, spec and status of a raw object; None when it cannot be named or a part has the wrong type."""
+    meta = _read_meta(obj.get("metadata"), namespaced=namespaced)
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    if meta is None or not isinstance(spec, Mapping) or not isinstance(status, Mapping):
+        return None
+    return meta, spec, status
 
 
 def _read_meta(meta: object, *, namespaced: bool) -> _Meta | None:
