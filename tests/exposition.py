@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from khan.lab import Lab
 from khan.metrics.families import CONNECTION_LABELS
 
 KHAN = [sys.executable, "-m", "khan"]
@@ -42,3 +45,13 @@ def connections(exposition: str, node: str) -> dict[Series, int]:
 def value(exposition: str, name: str) -> float:
     (found,) = samples(exposition, name).values()
     return found
+
+
+@contextlib.contextmanager
+def lab_with_traffic(prefix: str, directory: Path) -> Iterator[tuple[Lab, Path]]:
+    """The lab with its demo traffic flowing and its inventory written to directory/inventory.yaml."""
+    inventory = directory / "inventory.yaml"
+    with Lab.create(prefix=prefix) as lab:
+        lab.start_demo_traffic()
+        lab.write_inventory(inventory)
+        yield lab, inventory

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from khan.lab import Lab
-from tests.exposition import KHAN, connections, khan, value
+from tests.exposition import KHAN, connections, khan, lab_with_traffic, value
 
 
 def free_port() -> int:
@@ -49,11 +49,8 @@ def wait_ready(base: str, proc: subprocess.Popen[str], seconds: float = 15) -> N
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, Path]]:
-    inventory = tmp_path_factory.mktemp("agent") / "inventory.yaml"
-    with Lab.create(prefix="khanagent") as lab:
-        lab.start_demo_traffic()
-        lab.write_inventory(inventory)
-        yield lab, inventory
+    with lab_with_traffic("khanagent", tmp_path_factory.mktemp("agent")) as built:
+        yield built
 
 
 @pytest.fixture

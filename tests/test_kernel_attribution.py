@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from khan.lab import Lab
-from tests.exposition import Series, connections, khan, value
+from tests.exposition import Series, connections, khan, lab_with_traffic, value
 
 POD_A = ("pod", "10.244.1.10", "shop", "web", "pod-a")
 POD_B = ("pod", "10.244.1.11", "shop", "api", "pod-b")
@@ -53,11 +53,8 @@ NODE2_SERIES = {POD_TO_POD_ACROSS_NODES, NODE_TO_POD, POD_TO_HOST_NETWORK_POD, U
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, Path]]:
-    inventory = tmp_path_factory.mktemp("lab") / "inventory.yaml"
-    with Lab.create(prefix="khantest") as lab:
-        lab.start_demo_traffic()
-        lab.write_inventory(inventory)
-        yield lab, inventory
+    with lab_with_traffic("khantest", tmp_path_factory.mktemp("lab")) as built:
+        yield built
 
 
 def snapshot(lab: Lab, inventory: Path, node: str) -> str:

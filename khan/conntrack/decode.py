@@ -124,7 +124,6 @@ class MalformedEntry(ValueError):
 _MSGHDR = struct.Struct("=IHH")
 _NLA = struct.Struct("=HH")
 _ERRNO = struct.Struct("=i")
-_U8 = struct.Struct("B")
 _BE16 = struct.Struct("!H")
 _BE32 = struct.Struct("!I")
 _BE64 = struct.Struct("!Q")
