@@ -243,7 +243,7 @@ def test_unknown_address_is_external() -> None:
     assert inventory.owner(packed("8.8.8.8")) == EXTERNAL
     assert inventory.owner(packed("2001:db8::1")) == EXTERNAL
     assert inventory.owner(b"") == EXTERNAL
-    assert tuple(EXTERNAL) == ("external", "", "", "")
+    assert (EXTERNAL.type, EXTERNAL.ns, EXTERNAL.app, EXTERNAL.name) == ("external", "", "", "")
 
 
 def test_malformed_objects_are_skipped_and_counted() -> None:

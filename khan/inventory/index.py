@@ -71,14 +71,23 @@ def build_inventory(objects: Iterable[Mapping[str, Any]]) -> Inventory:
     return inventory_from_projections(projections, skipped)
 
 
-def inventory_from_projections(projections: Iterable[Projection], skipped: int = 0) -> Inventory:
-    """Projected objects -> an inventory; `skipped` is passed through for the caller's own count."""
+def inventory_from_projections(
+    projections: Iterable[Projection], skipped: int = 0, fallback: Iterable[Projection] = ()
+) -> Inventory:
+    """Projected objects -> an inventory; `skipped` is passed through for the caller's own count.
+
+    `fallback` (deleted pods in their grace period) only names addresses that no object in `projections` claims,
+    and is not counted in `objects`.
+    """
     counts: dict[str, int] = {}
     claims: list[Claim] = []
     for projection in projections:
         counts[projection.key.kind] = counts.get(projection.key.kind, 0) + 1
         claims.extend(projection.claims)
-    return Inventory(resolve(claims), counts, skipped)
+    owners = resolve(claims)
+    for address, owner in resolve(claim for projection in fallback for claim in projection.claims).items():
+        owners.setdefault(address, owner)
+    return Inventory(owners, counts, skipped)
 
 
 def resolve(claims: Iterable[Claim]) -> dict[bytes, Owner]:

@@ -11,7 +11,10 @@ Which claim wins a contested address is not decided here but in `khan.inventory.
 from __future__ import annotations
 
 import ipaddress
+import re
+import sys
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypedDict, cast
 
@@ -30,11 +33,18 @@ _NODE_ADDRESS_TYPES = frozenset({"InternalIP", "ExternalIP"})
 # The raw shapes, cut down to the fields khan reads. `total=False`: any of them may be missing.
 
 
+class RawOwnerReference(TypedDict, total=False):
+    kind: str
+    name: str
+    controller: bool
+
+
 class RawObjectMeta(TypedDict, total=False):
     name: str
     namespace: str
     labels: dict[str, str]
     creationTimestamp: str  # RFC 3339; an unquoted one in a hand-written YAML file arrives as a datetime
+    ownerReferences: list[RawOwnerReference]
 
 
 class RawPodIP(TypedDict, total=False):
@@ -43,6 +53,7 @@ class RawPodIP(TypedDict, total=False):
 
 class RawPodSpec(TypedDict, total=False):
     hostNetwork: bool
+    nodeName: str
 
 
 class RawPodStatus(TypedDict, total=False):
@@ -110,13 +121,21 @@ class RawNode(TypedDict, total=False):
 # The records.
 
 
-class Owner(NamedTuple):
-    """What an address belongs to: the label values of every series that names it."""
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """What an address belongs to. The first four fields are the label values of every series that names it and
+    alone make up equality and hash; the rest describe a pod further (empty for other types)."""
 
     type: str  # "pod" | "service" | "node" | "network" | "gateway" | "external"
     ns: str
     app: str
     name: str
+    node: str = field(default="", compare=False)  # the node a pod is scheduled on
+    phase: str = field(default="", compare=False)  # the pod's phase: Pending, Running, Succeeded, Failed
+    # What runs the pod: Deployment, StatefulSet, DaemonSet, Job, CronJob, another controller's kind, or Pod
+    # for a bare pod; and that object's name.
+    workload_kind: str = field(default="", compare=False)
+    workload_name: str = field(default="", compare=False)
 
 
 EXTERNAL = Owner("external", "", "", "")
@@ -151,6 +170,8 @@ class _Meta(NamedTuple):
     name: str
     app: str
     created: float
+    labels: Mapping[str, Any]
+    owner_references: object
 
 
 def project(obj: Mapping[str, Any], default_kind: str | None = None) -> Projection | None:
@@ -188,8 +209,10 @@ def project_pod(pod: RawPod) -> Projection | None:
         values = [entry.get("ip") for entry in pod_ips if isinstance(entry, Mapping)]
     else:  # podIPs arrived with dual-stack (1.16); podIP alone is the older form of the same thing
         values = [status.get("podIP")]
-    owner = Owner("pod", meta.ns, meta.app, meta.name)
-    finished = status.get("phase") in _FINISHED_PHASES
+    phase = _text(status.get("phase"))
+    workload_kind, workload_name = workload_of(meta)
+    owner = Owner("pod", meta.ns, meta.app, meta.name, _text(spec.get("nodeName")), phase, workload_kind, workload_name)
+    finished = phase in _FINISHED_PHASES
     return Projection(key, _claims(values, owner, finished, meta.created))
 
 
@@ -232,12 +255,12 @@ def project_node(node: RawNode) -> Projection | None:
             for entry in addresses
             if isinstance(entry, Mapping) and entry.get("type") in _NODE_ADDRESS_TYPES
         )
-    claims = list(_claims(values, Owner("node", "", meta.app, meta.name), False, meta.created))
+    claims = list(_claims(values, Owner("node", "", meta.app, meta.name, meta.name), False, meta.created))
 
     pod_cidrs = spec.get("podCIDRs")
     cidrs: list[object] = list(pod_cidrs) if isinstance(pod_cidrs, list) and pod_cidrs else [spec.get("podCIDR")]
-    network_owner = Owner("network", "", "", meta.name)
-    gateway_owner = Owner("gateway", "", "", meta.name)
+    network_owner = Owner("network", "", "", meta.name, meta.name)
+    gateway_owner = Owner("gateway", "", "", meta.name, meta.name)
     for cidr in cidrs:
         network = _network(cidr)
         if network is None:
@@ -268,18 +291,63 @@ def _read_meta(meta: object, *, namespaced: bool) -> _Meta | None:
     ns = (meta.get("namespace") or "") if namespaced else ""
     if not isinstance(ns, str):
         return None
-    return _Meta(ns, name, _app(meta.get("labels")), _created(meta.get("creationTimestamp")))
-
-
-def _app(labels: object) -> str:
-    """The `app` label, else `app.kubernetes.io/name` (the recommended label), else ""."""
+    labels = meta.get("labels")
     if not isinstance(labels, Mapping):
-        return ""
+        labels = {}
+    return _Meta(
+        _intern(ns),
+        name,
+        _app(labels),
+        _created(meta.get("creationTimestamp")),
+        labels,
+        meta.get("ownerReferences"),
+    )
+
+
+def _app(labels: Mapping[str, Any]) -> str:
+    """The `app` label, else `app.kubernetes.io/name` (the recommended label), else ""."""
     for label in ("app", "app.kubernetes.io/name"):
         value = labels.get(label)
         if isinstance(value, str) and value:
-            return value
+            return _intern(value)
     return ""
+
+
+# A Job that a CronJob made is named after it plus the scheduled time in Unix minutes (8 digits until 2160).
+_CRONJOB_JOB_NAME = re.compile(r"^(?P<cronjob>.+)-\d{8,}$")
+
+
+def workload_of(meta: _Meta) -> tuple[str, str]:
+    """(kind, name) of what runs a pod, from its controller's ownerReference; ("Pod", its name) for a bare pod.
+
+    Only the pod is read (no watch of ReplicaSets or Jobs): a Deployment's ReplicaSet is named after the
+    Deployment plus the pod's `pod-template-hash` label, and a CronJob's Job after the CronJob plus a time.
+    """
+    references = meta.owner_references
+    candidates = [ref for ref in references if isinstance(ref, Mapping)] if isinstance(references, list) else []
+    controllers = [ref for ref in candidates if ref.get("controller") is True]
+    chosen: Mapping[str, Any] = (controllers or candidates or [{}])[0]
+    kind, name = _text(chosen.get("kind")), _text(chosen.get("name"))
+    if not kind or not name:
+        return "Pod", meta.name
+    if kind == "ReplicaSet":
+        template_hash = meta.labels.get("pod-template-hash")
+        if isinstance(template_hash, str) and template_hash and name.endswith("-" + template_hash):
+            return "Deployment", _intern(name[: -len(template_hash) - 1])
+    elif kind == "Job":
+        match = _CRONJOB_JOB_NAME.match(name)
+        if match:
+            return "CronJob", _intern(match["cronjob"])
+    return _intern(kind), _intern(name)
+
+
+def _text(value: object) -> str:
+    return _intern(value) if isinstance(value, str) else ""
+
+
+def _intern(value: str) -> str:
+    """One copy of a string many records share (namespaces, apps, nodes, workloads): 50,000 pods, a few MB."""
+    return sys.intern(value)
 
 
 def _created(value: object) -> float:
