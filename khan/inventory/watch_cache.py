@@ -1,0 +1,86 @@
+"""The API inventory's state: the latest projection of every watched object, plus deleted pods for a grace period.
+
+Reflectors feed it one list or one event at a time; the poller asks for an `Inventory`, which is rebuilt only when
+something changed since the last one (at most once per poll, however many events arrived).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+
+from cachetools import TTLCache
+
+from khan.inventory.index import Inventory, inventory_from_projections
+from khan.inventory.objects import KINDS, POD, ObjectKey, Projection
+
+# Deleted pods remembered at once, at most; beyond it the oldest go first. A node's worth of churn is far below.
+MAX_LINGERING = 100_000
+
+ADDED, MODIFIED, DELETED = "ADDED", "MODIFIED", "DELETED"
+
+
+class WatchCache:
+    def __init__(
+        self,
+        deleted_pod_grace_seconds: float,
+        *,
+        max_lingering: int = MAX_LINGERING,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._live: dict[str, dict[ObjectKey, Projection]] = {kind: {} for kind in KINDS}
+        # A deleted pod's addresses still name it for a while: its connections outlive it in the kernel's table.
+        self._grace = deleted_pod_grace_seconds
+        self._lingering: TTLCache[ObjectKey, Projection] = TTLCache(
+            maxsize=max_lingering, ttl=max(deleted_pod_grace_seconds, 1e-9), timer=timer
+        )
+        self._inventory = Inventory()
+        self._dirty = False
+
+    def replace(self, kind: str, projections: Mapping[ObjectKey, Projection]) -> None:
+        """A fresh list of one kind replaces everything known of it in one step. Pods that vanished since the
+        last list (deleted while the watch was down) linger like any deleted pod."""
+        previous = self._live[kind]
+        if kind == POD:
+            for key, projection in previous.items():
+                if key not in projections:
+                    self._linger(projection)
+        for key in projections:
+            self._lingering.pop(key, None)
+        self._live[kind] = dict(projections)
+        self._dirty = True
+
+    def apply(self, event_type: str, projection: Projection) -> None:
+        """One watch event: ADDED or MODIFIED sets the object's projection, DELETED drops it."""
+        key = projection.key
+        live = self._live[key.kind]
+        if event_type == DELETED:
+            live.pop(key, None)
+            if key.kind == POD:
+                self._linger(projection)  # the event carries the pod's last state, IPs included
+        else:
+            live[key] = projection
+            self._lingering.pop(key, None)  # a pod recreated under its old name is live again
+        self._dirty = True
+
+    def inventory(self) -> Inventory:
+        """The current inventory; the same object as last time when nothing changed."""
+        if self._lingering.expire():
+            self._dirty = True
+        if self._dirty:
+            self._dirty = False
+            live = (projection for objects in self._live.values() for projection in objects.values())
+            self._inventory = inventory_from_projections(live, fallback=self._lingering.values())
+        return self._inventory
+
+    def count(self, kind: str) -> int:
+        return len(self._live[kind])
+
+    @property
+    def lingering(self) -> int:
+        """Deleted pods whose addresses still resolve to them (expired ones are dropped at the next build)."""
+        return len(self._lingering)
+
+    def _linger(self, projection: Projection) -> None:
+        if projection.claims and self._grace > 0:
+            self._lingering[projection.key] = projection

@@ -1,0 +1,51 @@
+"""What the API inventory says about itself: per resource, sync state, watch (re)starts, request errors and the
+time of the last event. Written by the reflectors, read by the collector, both on the event loop's thread."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+# Why a watch (re)started; the values of the `reason` label.
+INITIAL = "initial"  # the first watch after start-up
+CLOSED = "closed"  # the server ended the stream (its timeout): routine
+EXPIRED = "expired"  # 410 Gone: the resourceVersion is too old, so the resource was listed again
+INACTIVE = "inactive"  # nothing, not even a bookmark, arrived for too long: the stream was presumed dead
+ERROR = "error"  # a request failed (connection, HTTP status, unreadable answer); retried after a backoff
+REASONS = (INITIAL, CLOSED, EXPIRED, INACTIVE, ERROR)
+
+
+@dataclass
+class ResourceStats:
+    synced: bool = False  # the first list has succeeded
+    watch_starts: Counter[str] = field(default_factory=Counter)  # by reason
+    errors: Counter[tuple[str, str]] = field(default_factory=Counter)  # by (verb, code)
+    last_event: float | None = None  # monotonic time of the last list, event or bookmark
+    last_error: str | None = None  # the last failure, for /readyz while not synced
+
+
+class WatchStats:
+    def __init__(self, resources: tuple[str, ...], clock: Callable[[], float] = time.monotonic) -> None:
+        self.resources = {resource: ResourceStats() for resource in resources}
+        self._clock = clock
+
+    def __getitem__(self, resource: str) -> ResourceStats:
+        return self.resources[resource]
+
+    def heard(self, resource: str) -> None:
+        """A list, event or bookmark of `resource` arrived just now."""
+        self.resources[resource].last_event = self._clock()
+
+    def unsynced(self) -> list[str]:
+        return [resource for resource, stats in self.resources.items() if not stats.synced]
+
+    def event_ages(self) -> dict[str, float]:
+        """Seconds since each resource last heard from the API; resources that never did are left out."""
+        now = self._clock()
+        return {
+            resource: max(0.0, now - stats.last_event)
+            for resource, stats in self.resources.items()
+            if stats.last_event is not None
+        }
