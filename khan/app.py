@@ -19,11 +19,13 @@ from prometheus_client.process_collector import ProcessCollector
 
 from khan.conntrack.namespace import NamespaceError
 from khan.conntrack.netlink import ConntrackError
+from khan.inventory.api_config import ApiConfigError
 from khan.inventory.from_file import InventoryError
-from khan.inventory.source import InventorySource
+from khan.inventory.source import InventoryProvider, choose_inventory
 from khan.logs import RateLimiter
 from khan.metrics.collector import KhanCollector
 from khan.metrics.snapshot import Health, PollResult
+from khan.metrics.watch_collector import WatchCollector
 from khan.poll import poll
 from khan.settings import Settings
 from khan.web import make_app
@@ -39,20 +41,33 @@ class StartupError(Exception):
 
 
 class Agent:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, inventory: InventoryProvider | None = None) -> None:
         self.settings = settings
-        self.inventory = InventorySource(settings.inventory)
+        self.inventory: InventoryProvider = inventory or choose_inventory(settings)
         self.health = Health()  # swapped, never mutated: scrapes read it without locks
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(KhanCollector(lambda: self.health))
+        watch_stats = self.inventory.watch_stats()
+        if watch_stats is not None:  # the API inventory reports on its watches
+            self.registry.register(WatchCollector(watch_stats, self.inventory.deleted_pods))
         for extra in (ProcessCollector, PlatformCollector, GCCollector):
             extra(registry=self.registry)
         self._warnings = RateLimiter(period=60.0)
+
+    async def start(self) -> None:
+        """What must work before serving: the inventory's file or API configuration. Raises StartupError."""
+        try:
+            await self.inventory.start()
+        except (InventoryError, ApiConfigError) as exc:
+            raise StartupError(str(exc)) from exc
 
     def render_metrics(self) -> bytes:
         return generate_latest(self.registry)
 
     def not_ready_reason(self) -> str | None:
+        inventory = self.inventory.not_ready_reason()
+        if inventory is not None:
+            return f"inventory not synced: {inventory}"
         return None if self.health.last is not None else "no successful poll yet"
 
     async def run(self) -> None:
@@ -77,6 +92,7 @@ class Agent:
             netns=self.settings.netns,
             interval_seconds=self.settings.interval_seconds,
         )
+        watcher = asyncio.create_task(self.inventory.run(stop), name="inventory")
         poller = asyncio.create_task(self._poll_forever(stop), name="poller")
         stopping = asyncio.create_task(stop.wait(), name="stopping")
         await asyncio.wait({poller, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -88,12 +104,26 @@ class Agent:
             log.warning("poll_abandoned_at_shutdown")
         finally:
             stopping.cancel()
+            try:
+                await asyncio.wait_for(watcher, timeout=SHUTDOWN_GRACE_SECONDS)
+            except TimeoutError:
+                log.warning("inventory_abandoned_at_shutdown")
+            except Exception as exc:  # shutting down anyway: say it, do not mask the poller's outcome
+                log.warning("inventory_failed_at_shutdown", error=repr(exc))
             await runner.cleanup()
             log.info("agent_stopped")
 
     async def _poll_forever(self, stop: asyncio.Event) -> None:
-        """Polls never overlap: the next starts `interval` after the previous one started, or at once if late."""
+        """Polls never overlap: the next starts `interval` after the previous one started, or at once if late.
+
+        The first poll waits for the inventory: series attributed before the API's first lists would name every
+        pod `external`, and Prometheus would keep those wrong series."""
         interval = self.settings.interval_seconds
+        synced = asyncio.create_task(self.inventory.wait_synced())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({synced, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        synced.cancel()
+        stopping.cancel()
         while not stop.is_set():
             started = time.monotonic()
             await self._poll_once()
@@ -145,9 +175,9 @@ class Agent:
 
 
 def run_agent(settings: Settings) -> None:
-    agent = Agent(settings)
-    try:
-        agent.inventory.load()
-    except InventoryError as exc:
-        raise StartupError(str(exc)) from exc
-    asyncio.run(agent.run())
+    async def main() -> None:
+        agent = Agent(settings)
+        await agent.start()
+        await agent.run()
+
+    asyncio.run(main())

@@ -52,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
             help="Kubernetes Nodes, Pods and Services as a v1 List or multi-document YAML/JSON [KHAN_INVENTORY]",
         )
         sub.add_argument(
+            "--kubeconfig",
+            default=env("kubeconfig"),
+            metavar="PATH",
+            help="without --inventory: the Kubernetes API to watch; default in-cluster, then KUBECONFIG, then "
+            "~/.kube/config [KHAN_KUBECONFIG]",
+        )
+        sub.add_argument(
             "--node-name", default=None, metavar="NAME", help="the node label [KHAN_NODE_NAME, NODE_NAME, hostname]"
         )
         sub.add_argument(
@@ -77,6 +84,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="seconds between polls [KHAN_INTERVAL, default 30]",
     )
+    agent.add_argument(
+        "--deleted-pod-grace",
+        default=env("deleted-pod-grace", "120"),
+        metavar="SECONDS",
+        help="a deleted pod's addresses keep its name this long unless another object claims them "
+        "[KHAN_DELETED_POD_GRACE, default 120]",
+    )
+    agent.add_argument(
+        "--watch-timeout",
+        default=env("watch-timeout", "300"),
+        metavar="SECONDS",
+        help="the API server ends each watch after this; a watch silent 30 s longer is resumed "
+        "[KHAN_WATCH_TIMEOUT, default 300]",
+    )
 
     snapshot = commands.add_parser("snapshot", help="one poll, printed as Prometheus text exposition")
     common(snapshot)
@@ -97,8 +118,13 @@ def settings_from(args: argparse.Namespace) -> Settings:
         raise UsageError(f"--interval must be a number of seconds, got {args.interval!r}") from None
     if not interval > 0:
         raise UsageError("--interval must be more than 0 seconds")
+    grace = _seconds(args, "deleted_pod_grace", 120.0, minimum=0.0)
+    watch_timeout = _seconds(args, "watch_timeout", 300.0, minimum=1.0)
     return Settings(
         inventory=getattr(args, "inventory", None),
+        kubeconfig=getattr(args, "kubeconfig", None),
+        deleted_pod_grace_seconds=grace,
+        watch_timeout_seconds=watch_timeout,
         node_name=getattr(args, "node_name", None) or default_node_name(),
         listen_host=listen_host,
         listen_port=listen_port,
@@ -107,6 +133,18 @@ def settings_from(args: argparse.Namespace) -> Settings:
         log_format=args.log_format,
         log_level=args.log_level,
     )
+
+
+def _seconds(args: argparse.Namespace, name: str, default: float, minimum: float) -> float:
+    raw = getattr(args, name, default)
+    flag = "--" + name.replace("_", "-")
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise UsageError(f"{flag} must be a number of seconds, got {raw!r}") from None
+    if not seconds >= minimum:
+        raise UsageError(f"{flag} must be at least {minimum:g} seconds")
+    return seconds
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -147,13 +185,16 @@ def _one_line(exc: Exception) -> str | None:
     """The operator-facing line for an expected failure; None for a bug (which keeps its traceback)."""
     from khan.conntrack.namespace import NamespaceError
     from khan.conntrack.netlink import ConntrackError
+    from khan.inventory.api_config import ApiConfigError
     from khan.inventory.from_file import InventoryError
 
-    expected: tuple[type[Exception], ...] = (ConntrackError, NamespaceError, InventoryError)
+    expected: tuple[type[Exception], ...] = (ConntrackError, NamespaceError, InventoryError, ApiConfigError)
     if app := sys.modules.get("khan.app"):
         expected += (app.StartupError,)
     if lab := sys.modules.get("khan.lab"):
         expected += (lab.LabError,)
+    if kube := sys.modules.get("khan.inventory.kube"):
+        expected += (kube.ListError,)
     if isinstance(exc, expected):
         return (exc.strerror if isinstance(exc, OSError) and exc.strerror else None) or str(exc)
     return None

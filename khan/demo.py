@@ -11,8 +11,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from khan.app import Agent, StartupError
-from khan.inventory.from_file import InventoryError
+from khan.app import Agent
 from khan.lab import HOSTS, Lab
 from khan.settings import Settings
 
@@ -25,10 +24,6 @@ def run_demo(settings: Settings) -> None:
         inventory = Path(workdir) / "inventory.yaml"
         lab.write_inventory(inventory)
         agent = Agent(replace(settings, inventory=str(inventory), node_name="node1", netns=lab.netns("node1")))
-        try:
-            agent.inventory.load()
-        except InventoryError as exc:
-            raise StartupError(str(exc)) from exc
         host = settings.listen_host or "localhost"
         url = f"http://{host}:{settings.listen_port}/metrics"
         print(f"lab namespaces: {' '.join(lab.netns(host) for host in HOSTS)}")
@@ -41,6 +36,8 @@ def run_demo(settings: Settings) -> None:
 
 
 async def _serve(agent: Agent, lab: Lab, url: str) -> None:
+    await agent.start()
+
     async def announce() -> None:
         while agent.health.last is None:
             await asyncio.sleep(0.1)

@@ -10,8 +10,16 @@ DEFAULT_LISTEN = f":{DEFAULT_PORT}"
 
 @dataclass(frozen=True)
 class Settings:
-    # Where the inventory comes from; None means the Kubernetes API (a later feature).
+    # A file of Kubernetes objects to attribute addresses with; None means the Kubernetes API.
     inventory: str | None = None
+    # The kubeconfig for the API; None: in-cluster, then KUBECONFIG, then ~/.kube/config.
+    kubeconfig: str | None = None
+    # A deleted pod's addresses keep its name this long (unless another object claims them): its connections
+    # outlive it in the table (TIME_WAIT alone lasts 120 s).
+    deleted_pod_grace_seconds: float = 120.0
+    # The API server ends each watch after this (client-go uses 5-10 minutes); a stream silent for 30 s longer
+    # is presumed dead and resumed.
+    watch_timeout_seconds: float = 300.0
     # The `node` label; from --node-name, KHAN_NODE_NAME, NODE_NAME (the downward API), then the hostname.
     node_name: str = ""
     # All interfaces: the agent runs with hostNetwork and Prometheus scrapes the node's address.

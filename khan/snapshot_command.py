@@ -1,13 +1,15 @@
 """`khan snapshot`: one poll, printed as the same text exposition the agent serves. The attributed
-cousin of `conntrack -L`."""
+cousin of `conntrack -L`. Its inventory is a file, or one list of each resource from the Kubernetes API."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from khan.inventory.source import InventorySource
+from khan.inventory.index import Inventory
+from khan.inventory.source import FileInventory, choose_inventory
 from khan.metrics.collector import KhanCollector
 from khan.metrics.snapshot import Health
 from khan.poll import poll
@@ -15,7 +17,7 @@ from khan.settings import Settings
 
 
 def run_snapshot(settings: Settings) -> None:
-    inventory = InventorySource(settings.inventory).load()
+    inventory = load_inventory_once(settings)
     result = poll(inventory, settings.node_name, settings.netns, settings.dump_attempts)
     health = Health(
         last=result,
@@ -28,3 +30,16 @@ def run_snapshot(settings: Settings) -> None:
     registry.register(KhanCollector(lambda: health))
     sys.stdout.buffer.write(generate_latest(registry))
     sys.stdout.flush()
+
+
+def load_inventory_once(settings: Settings) -> Inventory:
+    source = choose_inventory(settings)
+    if isinstance(source, FileInventory):
+        return source.load()
+
+    async def listed() -> Inventory:
+        await source.start()
+        await source.list_once()
+        return source.current()
+
+    return asyncio.run(listed())

@@ -10,9 +10,11 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, generate_latest
 
 from khan.conntrack.table import TableStats
+from khan.inventory.watch_stats import WatchStats
 from khan.metrics import families
 from khan.metrics.collector import KhanCollector
 from khan.metrics.snapshot import Health, PollResult
+from khan.metrics.watch_collector import WatchCollector
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden" / "exposition.prom"
 
@@ -44,27 +46,52 @@ POLL = PollResult(
 HEALTH = Health(last=POLL, polls=4, poll_errors=1, entries_read=20, entries_malformed=1, dumps_interrupted=0)
 
 
-def render(health: Health) -> str:
+def watch_stats() -> WatchStats:
+    """An API inventory a while after start: pods and nodes synced, services refused once, then listed."""
+    now = [1000.0]
+    stats = WatchStats(("pods", "services", "nodes"), clock=lambda: now[0])
+    for resource in ("pods", "services", "nodes"):
+        stats[resource].synced = True
+        stats[resource].watch_starts["initial"] += 1
+    stats.heard("pods")
+    stats.heard("nodes")
+    stats["pods"].watch_starts["expired"] += 1
+    stats["services"].errors["watch", "403"] += 2
+    stats["services"].watch_starts["error"] += 2
+    now[0] = 1012.5
+    stats.heard("services")
+    now[0] = 1030.0
+    return stats
+
+
+def render(health: Health, watches: WatchStats | None = None) -> str:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(KhanCollector(lambda: health))
+    if watches is not None:
+        registry.register(WatchCollector(watches, lambda: 4))
     return generate_latest(registry).decode().replace(platform.python_version(), "PYTHON_VERSION")
 
 
 def test_exposition_matches_golden() -> None:
-    assert render(HEALTH) == GOLDEN.read_text()
+    assert render(HEALTH, watch_stats()) == GOLDEN.read_text()
+
+
+def test_a_file_inventory_serves_no_watch_families() -> None:
+    assert "khan_inventory_watch_starts_total" not in render(HEALTH)
+    assert "khan_inventory_watch_starts_total" in render(HEALTH, watch_stats())
 
 
 def test_golden_passes_promtool(tmp_path: Path) -> None:
     promtool = shutil.which("promtool")
     assert promtool, "promtool is installed by `make test` (Debian package prometheus)"
-    exposition = render(HEALTH).replace("PYTHON_VERSION", platform.python_version())
+    exposition = render(HEALTH, watch_stats()).replace("PYTHON_VERSION", platform.python_version())
     checked = subprocess.run([promtool, "check", "metrics"], input=exposition, capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert checked.stdout.strip() == ""  # no lint warnings either
 
 
 def test_every_declared_metric_is_served() -> None:
-    text = render(HEALTH)
+    text = render(HEALTH, watch_stats())
     for spec in families.ALL:
         exposed = spec.name + "_info" if spec.kind == "info" else spec.name
         assert f"# TYPE {exposed} " in text or f"# TYPE {exposed.removesuffix('_total')} " in text, spec.name

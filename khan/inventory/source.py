@@ -1,30 +1,99 @@
-"""Where the agent's inventory comes from now: a file, reloaded when it changes (the API watch comes later)."""
+"""Where the agent's inventory comes from: a file (reloaded when it changes) or the Kubernetes API (watched).
+
+Both present the same face to the agent (`InventoryProvider`); `choose_inventory` picks one from the settings
+and imports the API client library only when the API is really used.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
+from khan.inventory.api_config import find_api_config
 from khan.inventory.from_file import InventoryError, load_inventory
 from khan.inventory.index import Inventory, build_inventory
+from khan.inventory.watch_stats import WatchStats
+from khan.settings import Settings
+
+if TYPE_CHECKING:
+    from khan.inventory.kube import ApiInventory
 
 log = structlog.get_logger("khan.inventory")
 
 
-class InventorySource:
-    """The last good inventory. A file that changes is reloaded before the next poll; a broken edit keeps the
-    previous inventory (and says so) rather than attributing everything to `external`."""
+class InventoryProvider(Protocol):
+    async def start(self) -> None:
+        """Load what is needed before serving; raises (InventoryError, ApiConfigError) on a configuration error."""
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Keep the inventory current until `stop` is set."""
+
+    async def wait_synced(self) -> None:
+        """Return once the inventory reflects the whole cluster (at once for a file)."""
+
+    def current(self) -> Inventory:
+        """The inventory to attribute the next poll with."""
+
+    def not_ready_reason(self) -> str | None:
+        """None once synced, else why not."""
+
+    def watch_stats(self) -> WatchStats | None:
+        """The API watches' own health; None for a file."""
+
+    def deleted_pods(self) -> int:
+        """Deleted pods still named during their grace period."""
+
+
+def choose_inventory(settings: Settings) -> FileInventory | ApiInventory:
+    """--inventory FILE; else the Kubernetes API if configured (see khan.inventory.api_config); else nothing,
+    which attributes every address to `external` and says so."""
+    if settings.inventory is not None:
+        return FileInventory(settings.inventory)
+    config = find_api_config(settings.kubeconfig)
+    if config is None:
+        return FileInventory(None)
+    from khan.inventory.kube import ApiInventory
+
+    return ApiInventory(config, settings.deleted_pod_grace_seconds, settings.watch_timeout_seconds)
+
+
+class FileInventory:
+    """The last good inventory from a file. A file that changes is reloaded before the next poll; a broken edit
+    keeps the previous inventory (and says so) rather than attributing everything to `external`."""
 
     def __init__(self, path: str | None) -> None:
         self.path = path
         self._inventory = build_inventory(())
         self._stamp: tuple[int, int] | None = None
 
+    async def start(self) -> None:
+        self.load()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        return None  # reloads happen in current(), just before each poll
+
+    async def wait_synced(self) -> None:
+        return None
+
+    def not_ready_reason(self) -> str | None:
+        return None
+
+    def watch_stats(self) -> WatchStats | None:
+        return None
+
+    def deleted_pods(self) -> int:
+        return 0
+
     def load(self) -> Inventory:
         """The first load: errors are the caller's to report."""
         if self.path is None:
-            log.warning("inventory_empty", reason="no --inventory given: every address is external")
+            log.warning(
+                "inventory_empty",
+                reason="no --inventory and no Kubernetes API configuration: every address is external",
+            )
             return self._inventory
         self._stamp = self._file_stamp()
         self._inventory = load_inventory(self.path)

@@ -72,6 +72,37 @@ INVENTORY_OBJECTS = MetricSpec(
     "khan_inventory_objects", "gauge", "Kubernetes objects in the inventory, by kind.", ("kind",)
 )
 INVENTORY_ADDRESSES = MetricSpec("khan_inventory_addresses", "gauge", "Addresses the inventory attributes to an owner.")
+INVENTORY_SYNCED = MetricSpec(
+    "khan_inventory_synced",
+    "gauge",
+    "1 once the first list of the resource from the Kubernetes API has succeeded (API inventory only).",
+    ("resource",),
+)
+WATCH_STARTS = MetricSpec(
+    "khan_inventory_watch_starts_total",
+    "counter",
+    "Watches of the Kubernetes API started, by resource and why: initial, closed (server timeout, routine), "
+    "expired (410 Gone, listed again), inactive (silent stream dropped) or error.",
+    ("resource", "reason"),
+)
+API_ERRORS = MetricSpec(
+    "khan_kube_api_errors_total",
+    "counter",
+    "Failed Kubernetes API requests, by resource, verb (list, watch) and code (HTTP status, connection, timeout, "
+    "invalid).",
+    ("resource", "verb", "code"),
+)
+LAST_EVENT_AGE = MetricSpec(
+    "khan_inventory_last_event_age_seconds",
+    "gauge",
+    "Seconds since the last list, event or bookmark of the resource arrived from the Kubernetes API.",
+    ("resource",),
+)
+LINGERING_PODS = MetricSpec(
+    "khan_inventory_deleted_pods",
+    "gauge",
+    "Deleted pods whose addresses still resolve to them during the grace period (--deleted-pod-grace).",
+)
 BUILD_INFO = MetricSpec(
     "khan_build", "info", "khan's version and the Python it runs on.", ("version", "python_version")
 )
@@ -92,5 +123,10 @@ ALL: tuple[MetricSpec, ...] = (
     ACCOUNTING,
     INVENTORY_OBJECTS,
     INVENTORY_ADDRESSES,
+    INVENTORY_SYNCED,
+    WATCH_STARTS,
+    API_ERRORS,
+    LAST_EVENT_AGE,
+    LINGERING_PODS,
     BUILD_INFO,
 )

@@ -1,0 +1,376 @@
+"""The inventory from the Kubernetes API: list, then watch, Pods, Services and Nodes cluster-wide.
+
+One reflector per resource keeps `WatchCache` current. The only module that imports kubernetes_asyncio (about
+70 MB and 2 s); it is used for configuration, authentication (including token refresh) and the HTTP session,
+while lists and events are read as raw JSON so that no generated model object is ever built.
+
+A reflector never gives up: a failed request is retried after a backoff (the server's Retry-After is obeyed), a
+410 Gone lists the resource again and replaces what was known of it in one step, and a stream on which nothing
+arrives for too long is dropped and resumed. Meanwhile the cache keeps the last known state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import structlog
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio import config as k8s_config
+from kubernetes_asyncio.config.config_exception import ConfigException
+
+from khan.inventory import watch_stats as reasons
+from khan.inventory.api_config import ApiConfig, ApiConfigError
+from khan.inventory.backoff import Backoff
+from khan.inventory.index import Inventory
+from khan.inventory.objects import NODE, POD, SERVICE, ObjectKey, Projection, project
+from khan.inventory.watch_cache import WatchCache
+from khan.inventory.watch_protocol import (
+    GONE,
+    ApiStatusError,
+    ProtocolError,
+    parse_event,
+    parse_list_page,
+    status_error,
+)
+from khan.inventory.watch_stats import WatchStats
+
+log = structlog.get_logger("khan.kube")
+
+RESOURCES: dict[str, str] = {POD: "pods", SERVICE: "services", NODE: "nodes"}  # kind -> resource
+PAGE_SIZE = 500  # objects per list page: 50,000 pods arrive in 100 requests of about 1 MB each
+PAGE_TIMEOUT = aiohttp.ClientTimeout(total=60, connect=10)
+# The stream has no overall limit (the server ends it after timeoutSeconds); reads are watched by the reflector.
+WATCH_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10, sock_read=None)
+# Before Kubernetes 1.27 a quiet resource gets no bookmark until its watch is about to end, so a stream is
+# declared dead only when it has been silent past the server-side timeout plus this margin.
+INACTIVITY_MARGIN_SECONDS = 30.0
+# A stream that ends sooner than this without delivering anything is treated as a failure (backoff), so that a
+# proxy cutting streams at once cannot make the agent spin.
+SHORT_STREAM_SECONDS = 1.0
+
+Request = Callable[..., Awaitable[Any]]
+
+
+class TransportError(Exception):
+    """The request never got an HTTP answer, or its stream broke; `code` is "connection" or "timeout"."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+
+
+class ListError(Exception):
+    """A one-off list (`khan snapshot`) failed; the message names the resource, the server and the error."""
+
+
+async def connect(config: ApiConfig) -> k8s.ApiClient:
+    """An API client for `config`; ApiConfigError (one clear line) if the configuration cannot be used."""
+    configuration = k8s.Configuration()
+    try:
+        if config.kubeconfig is None:
+            k8s_config.load_incluster_config(client_configuration=configuration)
+        else:
+            await k8s_config.load_kube_config(
+                config_file=config.kubeconfig, client_configuration=configuration, persist_config=False
+            )
+    except (ConfigException, OSError, ValueError, KeyError, TypeError) as exc:
+        where = "the in-cluster service account" if config.in_cluster else f"{config.origin} {config.kubeconfig}"
+        raise ApiConfigError(f"cannot use {where}: {exc}") from exc
+    return k8s.ApiClient(configuration)
+
+
+def list_calls(api_client: k8s.ApiClient) -> dict[str, Request]:
+    core = k8s.CoreV1Api(api_client)
+    return {
+        POD: core.list_pod_for_all_namespaces,
+        SERVICE: core.list_service_for_all_namespaces,
+        NODE: core.list_node,
+    }
+
+
+class Reflector:
+    """Lists one resource, then watches it from the list's resourceVersion, for ever."""
+
+    def __init__(
+        self,
+        kind: str,
+        call: Request,
+        cache: WatchCache,
+        stats: WatchStats,
+        watch_timeout_seconds: float,
+        on_synced: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.kind = kind
+        self.resource = RESOURCES[kind]
+        self._call = call
+        self._cache = cache
+        self._all_stats = stats
+        self._stats = stats[self.resource]
+        self._watch_timeout = max(1, int(watch_timeout_seconds))
+        self._inactivity = self._watch_timeout + INACTIVITY_MARGIN_SECONDS
+        self._on_synced = on_synced
+        self._resource_version = ""
+        self._backoff = Backoff()
+
+    async def list_once(self) -> None:
+        """Every object, page by page, replacing what the cache knew of this kind in one step."""
+        projections: dict[ObjectKey, Projection] = {}
+        skipped = 0
+        continue_token = ""
+        while True:
+            params: dict[str, Any] = {"limit": PAGE_SIZE}
+            if continue_token:
+                params["_continue"] = continue_token
+            body = await self._read("list", PAGE_TIMEOUT, **params)
+            try:
+                page = parse_list_page(body)
+            except ProtocolError:
+                self._stats.errors["list", "invalid"] += 1
+                raise
+            for item in page.items:
+                projection = project(item, default_kind=self.kind)
+                if projection is None:
+                    skipped += 1
+                else:
+                    projections[projection.key] = projection
+            continue_token = page.continue_token
+            if not continue_token:
+                break
+        self._cache.replace(self.kind, projections)
+        self._resource_version = page.resource_version
+        self._heard()
+        if skipped:
+            log.warning("objects_skipped", resource=self.resource, skipped=skipped, reason="no name or wrong shape")
+        if not self._stats.synced:
+            self._stats.synced = True
+            log.info("inventory_listed", resource=self.resource, objects=len(projections))
+            self._on_synced()
+
+    async def run(self) -> None:
+        """List and watch until cancelled; every failure is counted, logged once and retried."""
+        reason = reasons.INITIAL
+        must_list = True
+        while True:
+            delay = 0.0
+            try:
+                if must_list:
+                    await self.list_once()
+                    must_list = False
+                    self._backoff.reset()
+                self._stats.watch_starts[reason] += 1
+                reason, delivered, lasted = await self._watch()
+                if delivered:
+                    self._backoff.reset()
+                if reason != reasons.CLOSED or (not delivered and lasted < SHORT_STREAM_SECONDS):
+                    delay = self._backoff.next_delay()
+                detail: str | None = None
+            except ApiStatusError as exc:
+                self._stats.last_error = f"{exc.code} {exc.message}"
+                detail = self._stats.last_error
+                if exc.code == GONE:
+                    reason, must_list = reasons.EXPIRED, True
+                    # The first relist is immediate; one that keeps meeting 410 slows down like any failure.
+                    immediate = self._backoff.failures == 0
+                    delay = 0.0 if immediate else self._backoff.next_delay()
+                    if immediate:
+                        self._backoff.next_delay()
+                else:
+                    reason = reasons.ERROR
+                    delay = self._backoff.next_delay(exc.retry_after)
+            except (TransportError, ProtocolError) as exc:
+                self._stats.last_error = str(exc)
+                detail = self._stats.last_error
+                reason = reasons.ERROR
+                delay = self._backoff.next_delay()
+            self._log_restart(reason, must_list, delay, detail)
+            if delay:
+                await asyncio.sleep(delay)
+
+    async def _watch(self) -> tuple[str, bool, float]:
+        """One watch stream: (why it ended, whether it delivered anything, how long it lasted)."""
+        started = time.monotonic()
+        response = await self._open(
+            "watch",
+            WATCH_TIMEOUT,
+            watch=True,
+            resource_version=self._resource_version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=self._watch_timeout,
+        )
+        delivered = False
+        try:
+            while True:
+                try:
+                    line = await asyncio.wait_for(response.content.readline(), self._inactivity)
+                except TimeoutError:
+                    return reasons.INACTIVE, delivered, time.monotonic() - started
+                except (aiohttp.ClientError, OSError, ValueError) as exc:  # ValueError: a line past the buffer
+                    self._stats.errors["watch", "connection"] += 1
+                    raise TransportError("connection", f"watch stream broke: {_describe(exc)}") from exc
+                if not line:
+                    return reasons.CLOSED, delivered, time.monotonic() - started
+                if not line.strip():
+                    continue
+                try:
+                    self._handle(line)
+                except ApiStatusError as exc:
+                    self._stats.errors["watch", str(exc.code)] += 1
+                    raise
+                except ProtocolError:
+                    self._stats.errors["watch", "invalid"] += 1
+                    raise
+                delivered = True
+        finally:
+            response.close()
+
+    def _handle(self, line: bytes) -> None:
+        event = parse_event(line)
+        if event.resource_version:
+            self._resource_version = event.resource_version
+        self._heard()
+        if event.type == "BOOKMARK":
+            return
+        projection = project(event.object, default_kind=self.kind)
+        if projection is None:
+            log.debug("event_skipped", resource=self.resource, type=event.type)
+            return
+        self._cache.apply(event.type, projection)
+
+    async def _read(self, verb: str, timeout: aiohttp.ClientTimeout, **params: Any) -> bytes:
+        response = await self._open(verb, timeout, **params)
+        try:
+            return bytes(await response.read())
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            code = "timeout" if isinstance(exc, TimeoutError) else "connection"
+            self._stats.errors[verb, code] += 1
+            raise TransportError(code, f"{verb} {self.resource}: {_describe(exc)}") from exc
+        finally:
+            response.release()
+
+    async def _open(self, verb: str, timeout: aiohttp.ClientTimeout, **params: Any) -> aiohttp.ClientResponse:
+        """The response to a list or watch request, once its status says success."""
+        try:
+            response: aiohttp.ClientResponse = await self._call(
+                _preload_content=False, _request_timeout=timeout, **params
+            )
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            code = "timeout" if isinstance(exc, TimeoutError) else "connection"
+            self._stats.errors[verb, code] += 1
+            raise TransportError(code, f"{verb} {self.resource}: {_describe(exc)}") from exc
+        if response.status == 200:
+            return response
+        self._stats.errors[verb, str(response.status)] += 1
+        try:
+            body = await response.content.read(64 * 1024)  # a Status object; enough for its message
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            body = b""
+        finally:
+            response.release()
+        raise status_error(response.status, response.reason or "", body, response.headers.get("Retry-After"))
+
+    def _heard(self) -> None:
+        self._all_stats.heard(self.resource)
+
+    def _log_restart(self, reason: str, relist: bool, delay: float, detail: str | None) -> None:
+        context: dict[str, object] = {"resource": self.resource, "reason": reason, "retry_in_seconds": round(delay, 2)}
+        if relist:
+            context["relist"] = True
+        if detail:
+            context["error"] = detail
+        if reason == reasons.CLOSED:
+            log.debug("watch_restart", **context)  # routine: the server ends every stream after its timeout
+        else:
+            log.warning("watch_restart", **context)
+
+
+class ApiInventory:
+    """Pods, Services and Nodes from the API, kept current by three reflectors."""
+
+    def __init__(self, config: ApiConfig, deleted_pod_grace_seconds: float, watch_timeout_seconds: float) -> None:
+        self.config = config
+        self.cache = WatchCache(deleted_pod_grace_seconds)
+        self.stats = WatchStats(tuple(RESOURCES.values()))
+        self._watch_timeout = watch_timeout_seconds
+        self._client: k8s.ApiClient | None = None
+        self._synced = asyncio.Event()
+
+    async def start(self) -> None:
+        """Load the configuration; raises ApiConfigError. No request is made yet."""
+        self._client = await connect(self.config)
+        host = self._client.configuration.host
+        log.info("kubernetes_api", host=host, config=self.config.origin, path=self.config.kubeconfig)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Keep the cache current until `stop` is set."""
+        assert self._client is not None, "start() first"
+        reflectors = [self._reflector(kind, call) for kind, call in list_calls(self._client).items()]
+        tasks = [asyncio.create_task(reflector.run(), name=f"watch-{reflector.resource}") for reflector in reflectors]
+        try:
+            await stop.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await self.close()
+
+    async def list_once(self) -> None:
+        """One list of each resource, for `khan snapshot`; raises ListError on the first failure."""
+        assert self._client is not None, "start() first"
+        host = self._client.configuration.host
+
+        async def list_one(reflector: Reflector) -> None:
+            try:
+                await reflector.list_once()
+            except (ApiStatusError, TransportError, ProtocolError) as exc:
+                raise ListError(f"cannot list {reflector.resource} from {host}: {exc}") from exc
+
+        try:
+            reflectors = [self._reflector(kind, call) for kind, call in list_calls(self._client).items()]
+            await asyncio.gather(*(list_one(reflector) for reflector in reflectors))
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def wait_synced(self) -> None:
+        await self._synced.wait()
+
+    def current(self) -> Inventory:
+        return self.cache.inventory()
+
+    def watch_stats(self) -> WatchStats | None:
+        return self.stats
+
+    def deleted_pods(self) -> int:
+        return self.cache.lingering
+
+    def not_ready_reason(self) -> str | None:
+        waiting = self.stats.unsynced()
+        if not waiting:
+            return None
+        errors = [
+            f"{resource}: {error}" for resource in waiting if (error := self.stats[resource].last_error) is not None
+        ]
+        why = f" (last error: {'; '.join(errors)})" if errors else ""
+        return f"waiting for the first list of {', '.join(waiting)}{why}"
+
+    def _reflector(self, kind: str, call: Request) -> Reflector:
+        return Reflector(kind, call, self.cache, self.stats, self._watch_timeout, self._check_synced)
+
+    def _check_synced(self) -> None:
+        if not self.stats.unsynced():
+            self._synced.set()
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
