@@ -18,7 +18,7 @@ class Settings:
     # outlive it in the table (TIME_WAIT alone lasts 120 s).
     deleted_pod_grace_seconds: float = 120.0
     # The API server ends each watch after this (client-go uses 5-10 minutes); a stream silent for 30 s longer
-    # is presumed dead and resumed.
+    # (or twice as long, if shorter) is presumed dead and resumed.
     watch_timeout_seconds: float = 300.0
     # The `node` label; from --node-name, KHAN_NODE_NAME, NODE_NAME (the downward API), then the hostname.
     node_name: str = ""

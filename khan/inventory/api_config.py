@@ -12,8 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-IN_CLUSTER_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
-
 
 class ApiConfigError(Exception):
     """The configuration that was asked for cannot be used; the message says which and why."""
@@ -32,18 +30,22 @@ class ApiConfig:
 def find_api_config(kubeconfig: str | None, environ: Mapping[str, str] | None = None) -> ApiConfig | None:
     environ = os.environ if environ is None else environ
     if kubeconfig:
-        if not os.access(kubeconfig, os.R_OK):
+        if not _readable_file(kubeconfig):
             raise ApiConfigError(f"--kubeconfig {kubeconfig}: no readable file there")
         return ApiConfig(kubeconfig, "--kubeconfig")
     if environ.get("KUBERNETES_SERVICE_HOST"):
         return ApiConfig(None, "in-cluster")
     listed = environ.get("KUBECONFIG", "")
     if listed:
-        readable = [path for path in listed.split(os.pathsep) if path and os.access(path, os.R_OK)]
+        readable = [path for path in listed.split(os.pathsep) if path and _readable_file(path)]
         if not readable:
             raise ApiConfigError(f"KUBECONFIG={listed}: names no readable file")
         return ApiConfig(os.pathsep.join(readable), "KUBECONFIG")
     default = Path(environ.get("HOME") or Path.home()) / ".kube" / "config"
-    if os.access(default, os.R_OK):
+    if _readable_file(str(default)):
         return ApiConfig(str(default), "~/.kube/config")
     return None
+
+
+def _readable_file(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.R_OK)

@@ -47,7 +47,8 @@ PAGE_TIMEOUT = aiohttp.ClientTimeout(total=60, connect=10)
 # The stream has no overall limit (the server ends it after timeoutSeconds); reads are watched by the reflector.
 WATCH_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10, sock_read=None)
 # Before Kubernetes 1.27 a quiet resource gets no bookmark until its watch is about to end, so a stream is
-# declared dead only when it has been silent past the server-side timeout plus this margin.
+# declared dead only when it has been silent past the server-side timeout plus this margin (or plus the timeout
+# itself, if that is shorter).
 INACTIVITY_MARGIN_SECONDS = 30.0
 # A stream that ends sooner than this without delivering anything is treated as a failure (backoff), so that a
 # proxy cutting streams at once cannot make the agent spin.
@@ -112,7 +113,7 @@ class Reflector:
         self._all_stats = stats
         self._stats = stats[self.resource]
         self._watch_timeout = max(1, int(watch_timeout_seconds))
-        self._inactivity = self._watch_timeout + INACTIVITY_MARGIN_SECONDS
+        self._inactivity = self._watch_timeout + min(INACTIVITY_MARGIN_SECONDS, self._watch_timeout)
         self._on_synced = on_synced
         self._resource_version = ""
         self._backoff = Backoff()

@@ -65,8 +65,7 @@ class WatchCache:
 
     def inventory(self) -> Inventory:
         """The current inventory; the same object as last time when nothing changed."""
-        if self._lingering.expire():
-            self._dirty = True
+        self._expire()
         if self._dirty:
             self._dirty = False
             live = (projection for objects in self._live.values() for projection in objects.values())
@@ -78,8 +77,13 @@ class WatchCache:
 
     @property
     def lingering(self) -> int:
-        """Deleted pods whose addresses still resolve to them (expired ones are dropped at the next build)."""
+        """Deleted pods whose addresses still resolve to them."""
+        self._expire()  # len() of a TTLCache drops expired entries too; the next build must know
         return len(self._lingering)
+
+    def _expire(self) -> None:
+        if self._lingering.expire():
+            self._dirty = True
 
     def _linger(self, projection: Projection) -> None:
         if projection.claims and self._grace > 0:
