@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 APT_PACKAGES := iproute2 nftables conntrack prometheus
 STAMP := $(VENV)/.installed
 
-.PHONY: all deps system-deps demo test lint bench clean
+.PHONY: all deps system-deps apiserver demo test lint bench clean
 
 all: test
 
@@ -29,19 +29,24 @@ $(STAMP): pyproject.toml
 
 deps: system-deps $(STAMP)
 
+# etcd, and kube-apiserver built once from Debian's source package into ~/.cache/khan (about 5 minutes, once).
+apiserver:
+	bash tests/kube/build-apiserver.sh
+
 lint: deps
 	$(BIN)/ruff check khan tests benchmarks
 	$(BIN)/ruff format --check khan tests benchmarks
 	$(BIN)/mypy
 
-test: deps lint
+test: deps lint apiserver
 	$(BIN)/python -m pytest -q
 
 demo: deps
 	$(BIN)/khan demo
 
-bench: deps
+bench: deps apiserver
 	$(BIN)/python benchmarks/snapshot_vs_conntrack.py
+	$(BIN)/python benchmarks/inventory_scale.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

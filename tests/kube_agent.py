@@ -1,0 +1,134 @@
+"""The real `khan agent` against the real API server, both inside the lab's node1 namespace, and the lab's
+objects created through the API."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from khan.conntrack.namespace import entered
+from khan.lab import Lab
+from tests.exposition import KHAN, Series, connections, samples
+from tests.kube_cluster import Cluster
+
+AGENT_PORT = 9986
+INTERVAL = 1.0  # seconds between polls: changes must show within about one of them
+
+
+@dataclass
+class RunningAgent:
+    process: subprocess.Popen[bytes]
+    netns: str
+    log_path: Path
+
+    def get(self, path: str) -> tuple[int, str]:
+        with entered(self.netns):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{AGENT_PORT}{path}", timeout=5) as response:
+                    return response.status, response.read().decode()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read().decode()
+
+    def metrics(self) -> str:
+        status, text = self.get("/metrics")
+        assert status == 200, text
+        return text
+
+    def series(self) -> dict[Series, int]:
+        """The lab's TCP series: the API server's own loopback connections are left out, and so is the lab's UDP
+        exchange, whose entry expires 30 s after its one reply (these tests run longer)."""
+        found = connections(self.metrics(), "node1")
+        return {labels: count for labels, count in found.items() if labels[-2] == "tcp" and labels[1] != "127.0.0.1"}
+
+    def log(self) -> list[dict[str, Any]]:
+        lines = self.log_path.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def wait_until(self, check: Callable[[], bool], seconds: float, what: str) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            assert self.alive(), f"agent exited: {self.log_path.read_text()[-3000:]}"
+            with contextlib.suppress(OSError):
+                if check():
+                    return
+            time.sleep(0.1)
+        raise AssertionError(f"not within {seconds} s: {what}\n{self.log_path.read_text()[-3000:]}")
+
+    def wait_ready(self, seconds: float = 30) -> None:
+        self.wait_until(lambda: self.get("/readyz")[0] == 200, seconds, "agent ready")
+
+    def wait_series(
+        self, check: Callable[[dict[Series, int]], bool], what: str, seconds: float = 3 * INTERVAL + 2
+    ) -> None:
+        """The default allows for the poll under way, the next one, and a slow machine."""
+        last: list[dict[Series, int]] = [{}]
+
+        def holds() -> bool:
+            last[0] = self.series()
+            return check(last[0])
+
+        try:
+            self.wait_until(holds, seconds, what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nlast series:\n" + "\n".join(map(str, sorted(last[0])))) from None
+
+    def pause(self) -> None:
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
+
+@contextlib.contextmanager
+def agent_in(lab: Lab, cluster: Cluster, user: str, workdir: Path, extra: Sequence[str] = ()) -> Iterator[RunningAgent]:
+    """`khan agent --kubeconfig` as `user`, in node1's namespace; stopped (SIGTERM, then SIGKILL) at the end."""
+    kubeconfig = cluster.kubeconfig(user, workdir / f"kubeconfig-{user.replace(':', '-')}")
+    log_path = workdir / f"agent-{time.monotonic_ns()}.log"
+    argv = [*KHAN, "agent", "--kubeconfig", str(kubeconfig), "--node-name", "node1"]
+    argv += ["--listen", f"127.0.0.1:{AGENT_PORT}", "--interval", str(INTERVAL), "--log-format", "json", *extra]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(["ip", "netns", "exec", lab.netns("node1"), *argv], stdout=log, stderr=log)
+    agent = RunningAgent(process, lab.netns("node1"), log_path)
+    try:
+        yield agent
+    finally:
+        with contextlib.suppress(OSError):
+            process.send_signal(signal.SIGCONT)
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample whose labels include `labels`; None if there is none."""
+    for found_labels, value in samples(text, name).items():
+        if set(labels.items()) <= set(found_labels):
+            return value
+    return None
+
+
+def create_lab_objects(cluster: Cluster, objects: Sequence[dict[str, Any]]) -> None:
+    for namespace in sorted({obj["metadata"]["namespace"] for obj in objects if "namespace" in obj["metadata"]}):
+        cluster.ensure_namespace(namespace)
+    for obj in objects:
+        cluster.create(obj)
+
+
+def lab_object(kind: str, name: str) -> dict[str, Any]:
+    (found,) = [obj for obj in Lab.inventory_objects() if obj["kind"] == kind and obj["metadata"]["name"] == name]
+    return found

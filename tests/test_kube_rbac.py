@@ -1,0 +1,138 @@
+"""deploy/'s RBAC on a real kube-apiserver with RBAC authorization on: the ServiceAccount can read pods, services
+and nodes and nothing else; an agent missing one permission says so clearly, keeps retrying and never crashes."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from khan.lab import Lab
+from tests.kube_agent import agent_in, create_lab_objects, sample
+from tests.kube_cluster import DEPLOY, KHAN_USER, ApiError, Cluster, running_cluster
+from tests.lab_series import NODE1_SERIES
+
+NO_WATCH_USER = "system:serviceaccount:khan:khan-nowatch"
+UNBOUND_USER = "system:serviceaccount:khan:nobody"
+RBAC_FILES = [DEPLOY / f"{name}.yaml" for name in ("namespace", "serviceaccount", "clusterrole", "clusterrolebinding")]
+LAB_TCP = {labels for labels in NODE1_SERIES if labels[-2] == "tcp"}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, Cluster, Path]]:
+    workdir = tmp_path_factory.mktemp("rbac")
+    with Lab.create(prefix="khanrbac") as lab:
+        lab.start_demo_traffic()
+        users = (KHAN_USER, NO_WATCH_USER, UNBOUND_USER)
+        with running_cluster(lab.netns("node1"), "10.250.0.1", users=users) as cluster:
+            cluster.apply_files(RBAC_FILES)
+            grant_all_but_watch_on_services(cluster)
+            create_lab_objects(cluster, Lab.inventory_objects())
+            yield lab, cluster, workdir
+
+
+def grant_all_but_watch_on_services(cluster: Cluster) -> None:
+    """deploy/'s role with `watch` removed for services, bound to its own ServiceAccount."""
+    role = yaml.safe_load((DEPLOY / "clusterrole.yaml").read_text())
+    role["metadata"]["name"] = "khan-nowatch"
+    (rule,) = role["rules"]
+    role["rules"] = [
+        {**rule, "resources": ["pods", "nodes"]},
+        {**rule, "resources": ["services"], "verbs": ["get", "list"]},
+    ]
+    binding = yaml.safe_load((DEPLOY / "clusterrolebinding.yaml").read_text())
+    binding["metadata"]["name"] = "khan-nowatch"
+    binding["roleRef"]["name"] = "khan-nowatch"
+    binding["subjects"][0]["name"] = "khan-nowatch"
+    account = yaml.safe_load((DEPLOY / "serviceaccount.yaml").read_text())
+    account["metadata"]["name"] = "khan-nowatch"
+    for obj in (account, role, binding):
+        cluster.create(copy.deepcopy(obj))
+
+
+def test_the_cluster_role_grants_read_only_access_to_three_resources() -> None:
+    role = yaml.safe_load((DEPLOY / "clusterrole.yaml").read_text())
+    assert role["kind"] == "ClusterRole"
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["pods", "services", "nodes"], "verbs": ["get", "list", "watch"]}
+    ]
+    binding = yaml.safe_load((DEPLOY / "clusterrolebinding.yaml").read_text())
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "khan"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "khan", "namespace": "khan"}]
+    kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
+    assert {path.name for path in RBAC_FILES} <= set(kustomization["resources"])
+
+
+@pytest.mark.parametrize("path", ["/api/v1/pods", "/api/v1/services", "/api/v1/nodes", "/api/v1/nodes/node1"])
+def test_the_service_account_reads_pods_services_and_nodes(world: tuple[Lab, Cluster, Path], path: str) -> None:
+    _, cluster, _ = world
+    assert cluster.request("GET", path, user=KHAN_USER)["kind"] in ("PodList", "ServiceList", "NodeList", "Node")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/v1/secrets"),
+        ("GET", "/api/v1/configmaps"),
+        ("GET", "/api/v1/namespaces/shop/pods/pod-a/log"),
+        ("DELETE", "/api/v1/namespaces/shop/pods/pod-a"),
+        ("PATCH", "/api/v1/nodes/node1"),
+        ("POST", "/api/v1/namespaces/shop/pods/pod-a/exec"),
+        ("GET", "/apis/apps/v1/deployments"),
+    ],
+)
+def test_the_service_account_can_do_nothing_else(world: tuple[Lab, Cluster, Path], method: str, path: str) -> None:
+    _, cluster, _ = world
+    body = {} if method in ("PATCH", "POST") else None
+    with pytest.raises(ApiError) as refused:
+        cluster.request(method, path, body, user=KHAN_USER, content_type="application/merge-patch+json")
+    assert refused.value.status == 403
+
+
+def test_missing_watch_is_a_clear_error_retried_without_crashing(world: tuple[Lab, Cluster, Path]) -> None:
+    lab, cluster, workdir = world
+    with agent_in(lab, cluster, NO_WATCH_USER, workdir) as agent:
+        agent.wait_ready()  # all three lists work
+        assert set(agent.series()) == LAB_TCP
+        agent.wait_until(
+            lambda: (sample(agent.metrics(), "khan_kube_api_errors_total", resource="services", code="403") or 0) >= 3,
+            20,
+            "refused watches retried",
+        )
+        text = agent.metrics()
+        assert sample(text, "khan_kube_api_errors_total", resource="services", verb="watch", code="403")
+        assert sample(text, "khan_kube_api_errors_total", resource="pods") is None
+        assert (sample(text, "khan_inventory_watch_starts_total", resource="services", reason="error") or 0) >= 2
+        assert sample(text, "khan_inventory_synced", resource="services") == 1
+        refusals = [
+            line for line in agent.log() if line.get("event") == "watch_restart" and line["resource"] == "services"
+        ]
+        assert refusals
+        first = refusals[0]
+        assert first["level"] == "warning"
+        assert first["reason"] == "error"
+        assert first["error"].startswith("403 ")
+        assert f'User "{NO_WATCH_USER}" cannot watch resource "services"' in first["error"]
+        assert agent.alive()
+
+
+def test_no_permission_at_all_keeps_the_agent_unready_and_alive(world: tuple[Lab, Cluster, Path]) -> None:
+    lab, cluster, workdir = world
+    with agent_in(lab, cluster, UNBOUND_USER, workdir) as agent:
+        agent.wait_until(
+            lambda: (sample(agent.metrics(), "khan_kube_api_errors_total", verb="list", code="403") or 0) >= 6,
+            20,
+            "refused lists retried",
+        )
+        status, reason = agent.get("/readyz")
+        assert status == 503
+        assert reason.startswith("not ready: inventory not synced: waiting for the first list of pods, services, nodes")
+        assert f'User "{UNBOUND_USER}" cannot list resource "pods"' in reason
+        text = agent.metrics()
+        assert "khan_connection{" not in text  # nothing is attributed before the inventory is known
+        assert sample(text, "khan_inventory_synced", resource="pods") == 0
+        assert sample(text, "khan_polls_total") == 0
+        assert agent.alive()
