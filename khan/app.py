@@ -82,13 +82,14 @@ class Agent:
             await web.TCPSite(runner, host, self.settings.listen_port, reuse_address=True).start()
         except OSError as exc:
             await runner.cleanup()
+            await self.inventory.close()
             where = f"{self.settings.listen_host}:{self.settings.listen_port}"
             raise StartupError(f"cannot listen on {where}: {os.strerror(exc.errno) if exc.errno else exc}") from exc
         log.info(
             "agent_started",
             listen=f"{self.settings.listen_host}:{self.settings.listen_port}",
             node=self.settings.node_name,
-            inventory=self.settings.inventory,
+            inventory=self.settings.inventory or "kubernetes-api",
             netns=self.settings.netns,
             interval_seconds=self.settings.interval_seconds,
         )
@@ -97,6 +98,7 @@ class Agent:
         stopping = asyncio.create_task(stop.wait(), name="stopping")
         await asyncio.wait({poller, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stop.set()
+        deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS  # one budget for everything below
         try:
             # A poll under way finishes (a full table takes ~1-2 s); then the loop sees `stop` and returns.
             await asyncio.wait_for(poller, timeout=SHUTDOWN_GRACE_SECONDS)
@@ -105,7 +107,7 @@ class Agent:
         finally:
             stopping.cancel()
             try:
-                await asyncio.wait_for(watcher, timeout=SHUTDOWN_GRACE_SECONDS)
+                await asyncio.wait_for(watcher, timeout=max(0.1, deadline - time.monotonic()))
             except TimeoutError:
                 log.warning("inventory_abandoned_at_shutdown")
             except Exception as exc:  # shutting down anyway: say it, do not mask the poller's outcome

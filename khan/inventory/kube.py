@@ -1,7 +1,7 @@
 """The inventory from the Kubernetes API: list, then watch, Pods, Services and Nodes cluster-wide.
 
 One reflector per resource keeps `WatchCache` current. The only module that imports kubernetes_asyncio (about
-70 MB and 2 s); it is used for configuration, authentication (including token refresh) and the HTTP session,
+70 MB and 2 s); it is used for configuration, authentication (token refresh included) and the HTTP session,
 while lists and events are read as raw JSON so that no generated model object is ever built.
 
 A reflector never gives up: a failed request is retried after a backoff (the server's Retry-After is obeyed), a
@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.config.config_exception import ConfigException
@@ -44,8 +47,11 @@ log = structlog.get_logger("khan.kube")
 RESOURCES: dict[str, str] = {POD: "pods", SERVICE: "services", NODE: "nodes"}  # kind -> resource
 PAGE_SIZE = 500  # objects per list page: 50,000 pods arrive in 100 requests of about 1 MB each
 PAGE_TIMEOUT = aiohttp.ClientTimeout(total=60, connect=10)
-# The stream has no overall limit (the server ends it after timeoutSeconds); reads are watched by the reflector.
-WATCH_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10, sock_read=None)
+# Most bytes one watch event may take: etcd stores objects of up to 1.5 MiB; JSON can double that.
+MAX_EVENT_BYTES = 16 * 2**20
+# TCP keepalive on a watch connection: a peer gone without a word (a partitioned node) is noticed in about a
+# minute instead of at the end of the inactivity limit.
+KEEPALIVE_IDLE_SECONDS, KEEPALIVE_INTERVAL_SECONDS, KEEPALIVE_PROBES = 30, 10, 3
 # Before Kubernetes 1.27 a quiet resource gets no bookmark until its watch is about to end, so a stream is
 # declared dead only when it has been silent past the server-side timeout plus this margin (or plus the timeout
 # itself, if that is shorter).
@@ -69,20 +75,36 @@ class ListError(Exception):
     """A one-off list (`khan snapshot`) failed; the message names the resource, the server and the error."""
 
 
-async def connect(config: ApiConfig) -> k8s.ApiClient:
-    """An API client for `config`; ApiConfigError (one clear line) if the configuration cannot be used."""
+async def connect(config: ApiConfig) -> tuple[k8s.ApiClient, Any]:
+    """An API client for `config` and its kubeconfig loader (None in-cluster); ApiConfigError (one clear line)
+    if the configuration cannot be used."""
     configuration = k8s.Configuration()
+    loader: Any = None
     try:
         if config.kubeconfig is None:
+            # Installs a hook that re-reads the (rotated, bound) service account token before requests.
             k8s_config.load_incluster_config(client_configuration=configuration)
         else:
-            await k8s_config.load_kube_config(
+            loader = await k8s_config.load_kube_config(
                 config_file=config.kubeconfig, client_configuration=configuration, persist_config=False
             )
+        return k8s.ApiClient(configuration), loader  # builds the TLS context: a bad CA file fails here
     except (ConfigException, OSError, ValueError, KeyError, TypeError) as exc:
         where = "the in-cluster service account" if config.in_cluster else f"{config.origin} {config.kubeconfig}"
         raise ApiConfigError(f"cannot use {where}: {exc}") from exc
-    return k8s.ApiClient(configuration)
+
+
+def _keep_alive(response: aiohttp.ClientResponse) -> None:
+    """TCP keepalive on the watch's connection (best effort: a platform without the options keeps the default)."""
+    connection = response.connection
+    sock = connection.transport.get_extra_info("socket") if connection and connection.transport else None
+    if sock is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_SECONDS)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_SECONDS)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
 
 
 def list_calls(api_client: k8s.ApiClient) -> dict[str, Request]:
@@ -112,8 +134,7 @@ class Reflector:
         self._cache = cache
         self._all_stats = stats
         self._stats = stats[self.resource]
-        self._watch_timeout = max(1, int(watch_timeout_seconds))
-        self._inactivity = self._watch_timeout + min(INACTIVITY_MARGIN_SECONDS, self._watch_timeout)
+        self._watch_timeout = max(1.0, watch_timeout_seconds)
         self._on_synced = on_synced
         self._resource_version = ""
         self._backoff = Backoff()
@@ -158,18 +179,18 @@ class Reflector:
         must_list = True
         while True:
             delay = 0.0
+            detail: str | None = None
             try:
                 if must_list:
                     await self.list_once()
                     must_list = False
-                    self._backoff.reset()
                 self._stats.watch_starts[reason] += 1
                 reason, delivered, lasted = await self._watch()
+                # Only a watch that worked clears the backoff: a list that succeeds before every 410 does not.
                 if delivered:
                     self._backoff.reset()
                 if reason != reasons.CLOSED or (not delivered and lasted < SHORT_STREAM_SECONDS):
                     delay = self._backoff.next_delay()
-                detail: str | None = None
             except ApiStatusError as exc:
                 self._stats.last_error = f"{exc.code} {exc.message}"
                 detail = self._stats.last_error
@@ -188,6 +209,13 @@ class Reflector:
                 detail = self._stats.last_error
                 reason = reasons.ERROR
                 delay = self._backoff.next_delay()
+            except Exception as exc:  # a bug or a library surprise must not end the watch for good: retry it
+                log.exception("watch_crashed", resource=self.resource, error=repr(exc))
+                self._stats.errors["watch", "internal"] += 1
+                self._stats.last_error = repr(exc)
+                detail = self._stats.last_error
+                reason = reasons.ERROR
+                delay = self._backoff.next_delay()
             self._log_restart(reason, must_list, delay, detail)
             if delay:
                 await asyncio.sleep(delay)
@@ -195,22 +223,28 @@ class Reflector:
     async def _watch(self) -> tuple[str, bool, float]:
         """One watch stream: (why it ended, whether it delivered anything, how long it lasted)."""
         started = time.monotonic()
+        # Between half and all of --watch-timeout, so that agents started together do not reconnect together.
+        timeout = max(1, round(self._watch_timeout * (0.5 + random.random() / 2)))
+        inactivity = timeout + min(INACTIVITY_MARGIN_SECONDS, timeout)
+        # sock_read bounds the wait for the headers too; the stream as a whole has no limit but the server's.
+        client_timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10, sock_read=inactivity)
         response = await self._open(
             "watch",
-            WATCH_TIMEOUT,
+            client_timeout,
             watch=True,
             resource_version=self._resource_version,
             allow_watch_bookmarks=True,
-            timeout_seconds=self._watch_timeout,
+            timeout_seconds=timeout,
         )
+        _keep_alive(response)
         delivered = False
         try:
             while True:
                 try:
-                    line = await asyncio.wait_for(response.content.readline(), self._inactivity)
-                except TimeoutError:
+                    line = await response.content.readline(max_line_length=MAX_EVENT_BYTES)
+                except TimeoutError:  # aiohttp's sock_read timeout
                     return reasons.INACTIVE, delivered, time.monotonic() - started
-                except (aiohttp.ClientError, OSError, ValueError) as exc:  # ValueError: a line past the buffer
+                except (aiohttp.ClientError, OSError, HttpProcessingError, ValueError) as exc:
                     self._stats.errors["watch", "connection"] += 1
                     raise TransportError("connection", f"watch stream broke: {_describe(exc)}") from exc
                 if not line:
@@ -298,11 +332,12 @@ class ApiInventory:
         self.stats = WatchStats(tuple(RESOURCES.values()))
         self._watch_timeout = watch_timeout_seconds
         self._client: k8s.ApiClient | None = None
+        self._loader: Any = None
         self._synced = asyncio.Event()
 
     async def start(self) -> None:
         """Load the configuration; raises ApiConfigError. No request is made yet."""
-        self._client = await connect(self.config)
+        self._client, self._loader = await connect(self.config)
         host = self._client.configuration.host
         log.info("kubernetes_api", host=host, config=self.config.origin, path=self.config.kubeconfig)
 
@@ -311,15 +346,27 @@ class ApiInventory:
         assert self._client is not None, "start() first"
         reflectors = [self._reflector(kind, call) for kind, call in list_calls(self._client).items()]
         tasks = [asyncio.create_task(reflector.run(), name=f"watch-{reflector.resource}") for reflector in reflectors]
+        tasks.append(asyncio.create_task(self._refresh_credentials(), name="refresh-credentials"))
         try:
             await stop.wait()
         finally:
             for task in tasks:
                 task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await asyncio.gather(*tasks, return_exceptions=True)
             await self.close()
+
+    async def _refresh_credentials(self) -> None:
+        """Renew a kubeconfig's exec-plugin or GCP token before it expires (kubernetes_asyncio checks every
+        minute); a failure is logged and tried again. In-cluster tokens renew through a hook instead."""
+        if self._loader is None or self._client is None:
+            return
+        while True:
+            try:
+                await k8s_config.refresh_token(self._loader, self._client.configuration)
+                return  # nothing to refresh: a static token or client certificate
+            except Exception as exc:
+                log.warning("credentials_refresh_failed", error=repr(exc), retry_in_seconds=60)
+                await asyncio.sleep(60)
 
     async def list_once(self) -> None:
         """One list of each resource, for `khan snapshot`; raises ListError on the first failure."""
@@ -334,9 +381,12 @@ class ApiInventory:
 
         try:
             reflectors = [self._reflector(kind, call) for kind, call in list_calls(self._client).items()]
-            await asyncio.gather(*(list_one(reflector) for reflector in reflectors))
+            outcomes = await asyncio.gather(*(list_one(reflector) for reflector in reflectors), return_exceptions=True)
         finally:
             await self.close()
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def close(self) -> None:
         if self._client is not None:

@@ -34,6 +34,9 @@ class InventoryProvider(Protocol):
     async def wait_synced(self) -> None:
         """Return once the inventory reflects the whole cluster (at once for a file)."""
 
+    async def close(self) -> None:
+        """Release connections when `run` never ran (the agent failed to start)."""
+
     def current(self) -> Inventory:
         """The inventory to attribute the next poll with."""
 
@@ -76,6 +79,9 @@ class FileInventory:
         return None  # reloads happen in current(), just before each poll
 
     async def wait_synced(self) -> None:
+        return None
+
+    async def close(self) -> None:
         return None
 
     def not_ready_reason(self) -> str | None:
