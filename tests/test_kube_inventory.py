@@ -132,6 +132,20 @@ def test_deleted_pod_lingers_then_its_ip_goes_to_the_new_pod(
     agent.wait_series(lambda found: set(found) == LAB_TCP, "pod-b back")
 
 
+def test_a_finished_pod_never_takes_a_running_pods_ip(world: tuple[Lab, Cluster, Path], agent: RunningAgent) -> None:
+    # A Job's pod that finished on 10.244.1.11 and is newer than pod-b: its status still lists the IP.
+    _, cluster, _ = world
+    finished = copy.deepcopy(lab_object("Pod", "pod-b"))
+    finished["metadata"].update(name="report-28800000-x2x9z", labels={"app": "report"})
+    finished["status"]["phase"] = "Succeeded"
+    cluster.create(finished)
+    try:
+        agent.wait_until(lambda: sample(agent.metrics(), "khan_inventory_objects", kind="Pod") == 6, 5, "6 pods")
+        agent.wait_series(lambda found: set(found) == LAB_TCP, "pod-b still named")  # a full poll after the event
+    finally:
+        cluster.delete("Pod", "report-28800000-x2x9z", "shop")
+
+
 def test_service_deleted_and_created(world: tuple[Lab, Cluster, Path], agent: RunningAgent) -> None:
     _, cluster, _ = world
     cluster.delete("Service", "web-svc", "shop")
