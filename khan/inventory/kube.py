@@ -177,6 +177,7 @@ class Reflector:
         """List and watch until cancelled; every failure is counted, logged once and retried."""
         reason = reasons.INITIAL
         must_list = True
+        watched = False  # until a first watch starts, failures of the first lists do not change its reason
         while True:
             delay = 0.0
             detail: str | None = None
@@ -184,7 +185,8 @@ class Reflector:
                 if must_list:
                     await self.list_once()
                     must_list = False
-                self._stats.watch_starts[reason] += 1
+                self._stats.watch_starts[reason if watched else reasons.INITIAL] += 1
+                watched = True
                 reason, delivered, lasted = await self._watch()
                 # Only a watch that worked clears the backoff: a list that succeeds before every 410 does not.
                 if delivered:
