@@ -18,8 +18,13 @@ from typing import Any
 from khan.conntrack.namespace import entered
 from khan.lab import Lab
 from tests.exposition import KHAN, Series, connections, samples
-from tests.kube_cluster import Cluster
+from tests.kube_cluster import DEPLOY, Cluster
+from tests.lab_series import NODE1_SERIES
 
+# deploy/'s RBAC objects, created as `kubectl apply -k deploy/` would.
+RBAC_FILES = [DEPLOY / f"{name}.yaml" for name in ("namespace", "serviceaccount", "clusterrole", "clusterrolebinding")]
+# The lab's TCP series on node1 (its UDP entry expires 30 s after its one reply; these tests run longer).
+LAB_TCP = {labels for labels in NODE1_SERIES if labels[-2] == "tcp"}
 AGENT_PORT = 9986
 INTERVAL = 1.0  # seconds between polls: changes must show within about one of them
 

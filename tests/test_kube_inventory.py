@@ -13,20 +13,25 @@ import pytest
 
 from khan.lab import Lab
 from tests.exposition import KHAN, Series, connections, khan, samples
-from tests.kube_agent import INTERVAL, RunningAgent, agent_in, create_lab_objects, lab_object, sample
-from tests.kube_cluster import DEPLOY, KHAN_USER, Cluster, running_cluster
+from tests.kube_agent import (
+    INTERVAL,
+    LAB_TCP,
+    RBAC_FILES,
+    RunningAgent,
+    agent_in,
+    create_lab_objects,
+    lab_object,
+    sample,
+)
+from tests.kube_cluster import KHAN_USER, Cluster, running_cluster
 from tests.lab_series import (
     GATEWAY1,
-    NODE1_SERIES,
     POD_A,
     POD_TO_CLUSTER_IP,
     POD_TO_POD_SAME_NODE,
     SERVICE,
     series,
 )
-
-RBAC_FILES = [DEPLOY / f"{name}.yaml" for name in ("namespace", "serviceaccount", "clusterrole", "clusterrolebinding")]
-LAB_TCP = {labels for labels in NODE1_SERIES if labels[-2] == "tcp"}
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,11 @@ import pytest
 import yaml
 
 from khan.lab import Lab
-from tests.kube_agent import agent_in, create_lab_objects, sample
+from tests.kube_agent import LAB_TCP, RBAC_FILES, agent_in, create_lab_objects, sample
 from tests.kube_cluster import DEPLOY, KHAN_USER, ApiError, Cluster, running_cluster
-from tests.lab_series import NODE1_SERIES
 
 NO_WATCH_USER = "system:serviceaccount:khan:khan-nowatch"
 UNBOUND_USER = "system:serviceaccount:khan:nobody"
-RBAC_FILES = [DEPLOY / f"{name}.yaml" for name in ("namespace", "serviceaccount", "clusterrole", "clusterrolebinding")]
-LAB_TCP = {labels for labels in NODE1_SERIES if labels[-2] == "tcp"}
 
 
 @pytest.fixture(scope="module")
