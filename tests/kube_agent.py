@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import time
@@ -18,7 +19,7 @@ from typing import Any
 from khan.conntrack.namespace import entered
 from khan.lab import Lab
 from tests.exposition import KHAN, Series, connections, samples
-from tests.kube_cluster import DEPLOY, Cluster
+from tests.kube_cluster import API_PORT, DEPLOY, Cluster
 from tests.lab_series import NODE1_SERIES
 
 # deploy/'s RBAC objects, created as `kubectl apply -k deploy/` would.
@@ -96,15 +97,35 @@ class RunningAgent:
         self.process.send_signal(signal.SIGCONT)
 
 
+# As a pod sees its service account: a private mount namespace with a tmpfs over /run (which /var/run links
+# to), holding the token and the CA where the in-cluster loader reads them. Nothing reaches the host's /run.
+IN_CLUSTER_SHIM = (
+    "set -e; mount -t tmpfs khan-secrets /run; d=/run/secrets/kubernetes.io/serviceaccount; mkdir -p $d;"
+    ' cp "$1" $d/token; cp "$2" $d/ca.crt; shift 2; exec "$@"'
+)
+
+
 @contextlib.contextmanager
-def agent_in(lab: Lab, cluster: Cluster, user: str, workdir: Path, extra: Sequence[str] = ()) -> Iterator[RunningAgent]:
-    """`khan agent --kubeconfig` as `user`, in node1's namespace; stopped (SIGTERM, then SIGKILL) at the end."""
-    kubeconfig = cluster.kubeconfig(user, workdir / f"kubeconfig-{user.replace(':', '-')}")
+def agent_in(
+    lab: Lab, cluster: Cluster, user: str, workdir: Path, extra: Sequence[str] = (), in_cluster: bool = False
+) -> Iterator[RunningAgent]:
+    """`khan agent` as `user` in node1's namespace, with --kubeconfig, or in_cluster: with no flag and a service
+    account token mounted as in a pod. Stopped (SIGTERM, then SIGKILL) at the end."""
     log_path = workdir / f"agent-{time.monotonic_ns()}.log"
-    argv = [*KHAN, "agent", "--kubeconfig", str(kubeconfig), "--node-name", "node1"]
-    argv += ["--listen", f"127.0.0.1:{AGENT_PORT}", "--interval", str(INTERVAL), "--log-format", "json", *extra]
+    argv = [*KHAN, "agent", "--node-name", "node1", "--listen", f"127.0.0.1:{AGENT_PORT}"]
+    argv += ["--interval", str(INTERVAL), "--log-format", "json", *extra]
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("KUBE", "KHAN_"))}
+    if in_cluster:
+        token = workdir / f"token-{time.monotonic_ns()}"
+        token.write_text(cluster.tokens[user])
+        shim = ["unshare", "--mount", "--propagation", "private", "sh", "-c", IN_CLUSTER_SHIM, "sh"]
+        argv = [*shim, str(token), str(cluster.ca), *argv]
+        env |= {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(API_PORT)}
+    else:
+        kubeconfig = cluster.kubeconfig(user, workdir / f"kubeconfig-{user.replace(':', '-')}")
+        argv += ["--kubeconfig", str(kubeconfig)]
     with log_path.open("wb") as log:
-        process = subprocess.Popen(["ip", "netns", "exec", lab.netns("node1"), *argv], stdout=log, stderr=log)
+        process = subprocess.Popen(["ip", "netns", "exec", lab.netns("node1"), *argv], stdout=log, stderr=log, env=env)
     agent = RunningAgent(process, lab.netns("node1"), log_path)
     try:
         yield agent

@@ -89,6 +89,17 @@ def test_the_service_account_can_do_nothing_else(world: tuple[Lab, Cluster, Path
     assert refused.value.status == 403
 
 
+def test_in_cluster_the_service_account_token_is_enough(world: tuple[Lab, Cluster, Path]) -> None:
+    # No flag: KUBERNETES_SERVICE_HOST is set and the token and CA sit where a pod has them.
+    lab, cluster, workdir = world
+    with agent_in(lab, cluster, KHAN_USER, workdir, in_cluster=True) as agent:
+        agent.wait_ready()
+        assert set(agent.series()) == LAB_TCP
+        (api,) = [line for line in agent.log() if line.get("event") == "kubernetes_api"]
+        assert api["config"] == "in-cluster"
+        assert api["host"] == "https://127.0.0.1:6443"
+
+
 def test_missing_watch_is_a_clear_error_retried_without_crashing(world: tuple[Lab, Cluster, Path]) -> None:
     lab, cluster, workdir = world
     with agent_in(lab, cluster, NO_WATCH_USER, workdir) as agent:
