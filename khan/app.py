@@ -139,7 +139,12 @@ class Agent:
         health = self.health
         try:
             result: PollResult = await asyncio.to_thread(
-                poll, inventory, settings.node_name, settings.netns, settings.dump_attempts
+                poll,
+                inventory,
+                settings.node_name,
+                settings.netns,
+                settings.dump_attempts,
+                outside=settings.outside,
             )
         except (ConntrackError, NamespaceError) as exc:
             self.health = replace(health, polls=health.polls + 1, poll_errors=health.poll_errors + 1)

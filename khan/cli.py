@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from khan import __version__
 from khan.logs import LEVELS
+from khan.metrics.outside import OutsidePolicy
 from khan.settings import DEFAULT_LISTEN, Settings
 
 
@@ -67,6 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="NAME",
             help="read this named network namespace's table [KHAN_NETNS]",
         )
+        sub.add_argument(
+            "--external-cidrs",
+            default=env("external-cidrs", ""),
+            metavar="NAME=CIDR,...",
+            help="outside addresses in a range are named after it (most specific range first) [KHAN_EXTERNAL_CIDRS]",
+        )
+        sub.add_argument(
+            "--external-ips",
+            default=env("external-ips", "keep"),
+            choices=("keep", "drop"),
+            help="drop: outside addresses leave src_ip/dst_ip empty [KHAN_EXTERNAL_IPS, default keep]",
+        )
         sub.add_argument("--log-format", default=env("log-format", "auto"), choices=("auto", "json", "console"))
         sub.add_argument("--log-level", default=env("log-level", "info"), choices=LEVELS)
 
@@ -118,6 +131,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
         raise UsageError(f"--interval must be a number of seconds, got {args.interval!r}") from None
     if not interval > 0:
         raise UsageError("--interval must be more than 0 seconds")
+    try:
+        outside = OutsidePolicy.parse(getattr(args, "external_cidrs", ""), getattr(args, "external_ips", "keep"))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     grace = _seconds(args, "deleted_pod_grace", 120.0, minimum=0.0)
     watch_timeout = _seconds(args, "watch_timeout", 300.0, minimum=1.0)
     return Settings(
@@ -132,6 +149,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         netns=getattr(args, "netns", None),
         log_format=args.log_format,
         log_level=args.log_level,
+        outside=outside,
     )
 
 

@@ -14,13 +14,19 @@ from khan.conntrack.namespace import entered
 from khan.conntrack.netlink import DumpStats, dump_flows
 from khan.conntrack.table import TableStats, read_table_stats
 from khan.inventory.index import Inventory
-from khan.metrics.snapshot import PollResult, RawKey, attribute, count_flows
+from khan.metrics.outside import OutsidePolicy
+from khan.metrics.snapshot import KEEP_OUTSIDE, PollResult, RawKey, attribute, count_flows
 
 log = structlog.get_logger("khan.poll")
 
 
 def poll(
-    inventory: Inventory, node: str, netns: str | None = None, attempts: int = 3, table_stats: bool = True
+    inventory: Inventory,
+    node: str,
+    netns: str | None = None,
+    attempts: int = 3,
+    table_stats: bool = True,
+    outside: OutsidePolicy = KEEP_OUTSIDE,
 ) -> PollResult:
     """Read the table of `netns` (None: this thread's namespace). Raises ConntrackError or NamespaceError."""
     started = time.perf_counter()
@@ -36,7 +42,7 @@ def poll(
             log.debug("dump_interrupted", attempt=attempt, entries=stats.entries)
         if table_stats:
             table = _table_stats()
-    connections = attribute(counts, inventory, node)
+    connections = attribute(counts, inventory, node, outside)
     return PollResult(
         node=node,
         connections=PollResult.freeze(connections),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from khan.metrics.outside import OutsidePolicy
 
 DEFAULT_PORT = 9986  # khan's entry in Prometheus's default exporter port allocations list
 DEFAULT_LISTEN = f":{DEFAULT_PORT}"
@@ -33,3 +35,5 @@ class Settings:
     log_level: str = "info"
     # A poll retries an interrupted dump this many times before it reports the inconsistent result.
     dump_attempts: int = 3
+    # Outside addresses: named ranges, and whether their IPs become labels (kept by default, as Khan did).
+    outside: OutsidePolicy = field(default_factory=OutsidePolicy)

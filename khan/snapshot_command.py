@@ -18,7 +18,7 @@ from khan.settings import Settings
 
 def run_snapshot(settings: Settings) -> None:
     inventory = load_inventory_once(settings)
-    result = poll(inventory, settings.node_name, settings.netns, settings.dump_attempts)
+    result = poll(inventory, settings.node_name, settings.netns, settings.dump_attempts, outside=settings.outside)
     health = Health(
         last=result,
         polls=1,

@@ -13,6 +13,8 @@ from tests.exposition import connections, khan, lab_with_traffic, value
 from tests.lab_series import (
     NODE1_SERIES,
     NODE2_SERIES,
+    OUTSIDE,
+    OUTSIDE_TO_POD,
     POD_B,
     POD_TO_CLUSTER_IP,
     POD_TO_HOST_NETWORK_POD,
@@ -26,8 +28,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, Path]]:
         yield built
 
 
-def snapshot(lab: Lab, inventory: Path, node: str) -> str:
-    done = khan(["snapshot", "--inventory", str(inventory), "--node-name", node, "--netns", lab.netns(node)])
+def snapshot(lab: Lab, inventory: Path, node: str, *extra: str) -> str:
+    done = khan(["snapshot", "--inventory", str(inventory), "--node-name", node, "--netns", lab.netns(node), *extra])
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -67,3 +69,11 @@ def test_counted_entries_equal_the_table(lab: tuple[Lab, Path]) -> None:
     assert value(text, "khan_poll_entries") == value(text, "khan_conntrack_table_entries")
     assert value(text, "khan_conntrack_accounting_enabled") == 1.0  # the lab turns it on in its nodes
     assert value(text, "khan_entries_malformed_total") == 0.0
+
+
+def test_outside_client_named_after_its_range_without_its_ip(lab: tuple[Lab, Path]) -> None:
+    text = snapshot(*lab, "node1", "--external-cidrs", "docs=192.0.2.0/24", "--external-ips", "drop")
+    named = ("external", "", "", "", "docs")
+    expected = {named + labels[5:] if labels[0:5] == OUTSIDE else labels for labels in NODE1_SERIES}
+    assert OUTSIDE_TO_POD not in expected
+    assert tcp_and_udp(connections(text, "node1")) == dict.fromkeys(expected, 1)

@@ -23,6 +23,9 @@ from khan.conntrack.decode import (
 )
 from khan.conntrack.table import TableStats
 from khan.inventory.index import Inventory, Owner
+from khan.metrics.outside import OutsidePolicy
+
+KEEP_OUTSIDE = OutsidePolicy()
 
 TRANSPORT_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
 PORTED_PROTOCOLS = frozenset({6, 17, 33, 132, 136})  # tcp, udp, dccp, sctp, udplite: the tuple has ports
@@ -66,7 +69,9 @@ def address_text(packed: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
 
 
-def attribute(counts: Mapping[RawKey, int], inventory: Inventory, node: str) -> dict[Labels, int]:
+def attribute(
+    counts: Mapping[RawKey, int], inventory: Inventory, node: str, outside: OutsidePolicy = KEEP_OUTSIDE
+) -> dict[Labels, int]:
     """Raw counts -> khan_connection series. Keys that differ only in what labels drop are summed."""
     series: dict[Labels, int] = {}
     texts: dict[bytes, str] = {}
@@ -74,8 +79,11 @@ def attribute(counts: Mapping[RawKey, int], inventory: Inventory, node: str) -> 
     for (proto, src, dst, dport, tcp_state, status), count in counts.items():
         for packed in (src, dst):
             if packed not in texts:
-                texts[packed] = address_text(packed)
-                owners[packed] = inventory.owner(packed)
+                owner = inventory.owner(packed)
+                if owner.type == "external":
+                    owner = outside.owner(packed)
+                owners[packed] = owner
+                texts[packed] = address_text(packed) if owner.type != "external" or outside.keep_ips else ""
         s, d = owners[src], owners[dst]
         labels = (
             node,
