@@ -198,11 +198,11 @@ class Reflector:
                 detail = self._stats.last_error
                 if exc.code == GONE:
                     reason, must_list = reasons.EXPIRED, True
-                    # The first relist is immediate; one that keeps meeting 410 slows down like any failure.
-                    immediate = self._backoff.failures == 0
-                    delay = 0.0 if immediate else self._backoff.next_delay()
-                    if immediate:
-                        self._backoff.next_delay()
+                    # Counted as a failure either way; only the first relist in a row goes at once.
+                    first = self._backoff.failures == 0
+                    delay = self._backoff.next_delay()
+                    if first:
+                        delay = 0.0
                 else:
                     reason = reasons.ERROR
                     delay = self._backoff.next_delay(exc.retry_after)
