@@ -19,7 +19,7 @@ from typing import Any
 from khan.conntrack.namespace import entered
 from khan.lab import Lab
 from tests.exposition import KHAN, Series, connections, samples
-from tests.kube_cluster import API_PORT, DEPLOY, Cluster
+from tests.kube_cluster import API_PORT, DEPLOY, Cluster, stop_process
 from tests.lab_series import NODE1_SERIES
 
 # deploy/'s RBAC objects, created as `kubectl apply -k deploy/` would.
@@ -131,13 +131,8 @@ def agent_in(
         yield agent
     finally:
         with contextlib.suppress(OSError):
-            process.send_signal(signal.SIGCONT)
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+            process.send_signal(signal.SIGCONT)  # a paused agent must be able to act on SIGTERM
+        stop_process(process)
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:

@@ -125,7 +125,7 @@ class Cluster:
         self._wait(self._apiserver_ready, "kube-apiserver", self.apiserver, seconds=60)
 
     def stop_apiserver(self) -> None:
-        _stop(self.apiserver)
+        stop_process(self.apiserver)
         self.apiserver = None
 
     def pause_apiserver(self) -> None:
@@ -141,8 +141,8 @@ class Cluster:
         if self.apiserver is not None:
             with contextlib.suppress(OSError):
                 self.apiserver.send_signal(signal.SIGCONT)
-        _stop(self.apiserver)
-        _stop(self.etcd)
+        stop_process(self.apiserver)
+        stop_process(self.etcd)
         self.apiserver = self.etcd = None
 
     # -- etcd --------------------------------------------------------------------------------------------------
@@ -291,7 +291,8 @@ class Cluster:
                 return None
 
 
-def _stop(process: subprocess.Popen[bytes] | None) -> None:
+def stop_process(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM, then SIGKILL after 10 s; nothing if it is already gone."""
     if process is None or process.poll() is not None:
         return
     process.terminate()
