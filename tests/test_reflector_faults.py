@@ -289,58 +289,53 @@ def test_a_watch_that_never_answers_times_out_and_is_tried_again() -> None:
     run(scenario())
 
 
+def resumes_after_a_broken_first_stream(
+    after_good: list[bytes],
+    then: str,
+    code: str,
+    error_prefix: str | None = None,
+    owners: Mapping[str, Owner] | None = None,
+) -> None:
+    """The first watch delivers pod-b (resourceVersion 11), then `after_good` and `then`. One error is counted
+    under `code`, and the next watch resumes at 11 with no relist and pod-b still applied."""
+
+    async def first_stream_broken(api: FakeApi, request: web.Request, n: int) -> web.StreamResponse:
+        if n == 1:
+            good = event("ADDED", pod("pod-b", "10.244.1.6", "11"))
+            return await stream(api, request, [good, *after_good], then=then)
+        return await stream(api, request, [], then="hold")
+
+    async def scenario() -> None:
+        api = FakeApi(on_watch=first_stream_broken)
+        async with reflecting(api) as running:
+            await eventually(lambda: len(api.watches) >= 2, "a second watch request")
+            await asyncio.sleep(0.2)
+            stats = running.stats
+            assert stats.errors == {("watch", code): 1}
+            assert stats.watch_starts == {reasons.INITIAL: 1, reasons.ERROR: 1}
+            if error_prefix is not None:
+                assert stats.last_error is not None
+                assert stats.last_error.startswith(error_prefix)
+            assert api.watches[1].query.get("resourceVersion") == "11"  # after the last good event
+            assert running.owner("10.244.1.6") == owner_of("pod-b")  # the good event stays applied
+            for ip, owner in (owners or {}).items():
+                assert running.owner(ip) == owner
+            assert len(api.lists) == 1
+            assert running.alive()
+
+    run(scenario())
+
+
 def test_an_event_longer_than_the_limit_breaks_the_stream_which_resumes(monkeypatch: pytest.MonkeyPatch) -> None:
     limit = 64 * 1024
     monkeypatch.setattr(kube, "MAX_EVENT_BYTES", limit)
     huge = pod("pod-huge", "10.244.1.9", "12", app="x" * (2 * limit))
-
-    async def oversized(api: FakeApi, request: web.Request, n: int) -> web.StreamResponse:
-        if n == 1:
-            good = event("ADDED", pod("pod-b", "10.244.1.6", "11"))
-            return await stream(api, request, [good, event("ADDED", huge)], then="hold")
-        return await stream(api, request, [], then="hold")
-
-    async def scenario() -> None:
-        api = FakeApi(on_watch=oversized)
-        async with reflecting(api) as running:
-            await eventually(lambda: len(api.watches) >= 2, "a second watch request")
-            await asyncio.sleep(0.2)
-            stats = running.stats
-            assert stats.errors == {("watch", "connection"): 1}
-            assert stats.watch_starts == {reasons.INITIAL: 1, reasons.ERROR: 1}
-            assert api.watches[1].query.get("resourceVersion") == "11"  # after the last good event
-            assert running.owner("10.244.1.6") == owner_of("pod-b")  # the good event before it stays applied
-            assert running.owner("10.244.1.5") == owner_of("pod-a")
-            assert running.owner("10.244.1.9") == EXTERNAL
-            assert len(api.lists) == 1
-            assert running.alive()
-
-    run(scenario())
+    owners = {"10.244.1.5": owner_of("pod-a"), "10.244.1.9": EXTERNAL}
+    resumes_after_a_broken_first_stream([event("ADDED", huge)], "hold", "connection", owners=owners)
 
 
 def test_a_line_that_is_not_json_is_counted_invalid_and_the_watch_resumes() -> None:
-    async def garbage(api: FakeApi, request: web.Request, n: int) -> web.StreamResponse:
-        if n == 1:
-            good = event("ADDED", pod("pod-b", "10.244.1.6", "11"))
-            return await stream(api, request, [good, b"<html>502 Bad Gateway</html>\n"], then="hold")
-        return await stream(api, request, [], then="hold")
-
-    async def scenario() -> None:
-        api = FakeApi(on_watch=garbage)
-        async with reflecting(api) as running:
-            await eventually(lambda: len(api.watches) >= 2, "a second watch request")
-            await asyncio.sleep(0.2)
-            stats = running.stats
-            assert stats.errors == {("watch", "invalid"): 1}
-            assert stats.watch_starts == {reasons.INITIAL: 1, reasons.ERROR: 1}
-            assert stats.last_error is not None
-            assert stats.last_error.startswith("not JSON")
-            assert api.watches[1].query.get("resourceVersion") == "11"
-            assert running.owner("10.244.1.6") == owner_of("pod-b")
-            assert len(api.lists) == 1
-            assert running.alive()
-
-    run(scenario())
+    resumes_after_a_broken_first_stream([b"<html>502 Bad Gateway</html>\n"], "hold", "invalid", "not JSON")
 
 
 # Lists refused: Retry-After is obeyed, 5xx backs off.
@@ -467,24 +462,4 @@ def test_paged_list_events_and_bookmark_then_resume_from_the_bookmark() -> None:
 
 
 def test_a_stream_cut_mid_way_is_counted_and_resumed_without_a_relist() -> None:
-    async def cut(api: FakeApi, request: web.Request, n: int) -> web.StreamResponse:
-        if n == 1:
-            return await stream(api, request, [event("ADDED", pod("pod-b", "10.244.1.6", "11"))], then="break")
-        return await stream(api, request, [], then="hold")
-
-    async def scenario() -> None:
-        api = FakeApi(on_watch=cut)
-        async with reflecting(api) as running:
-            await eventually(lambda: len(api.watches) >= 2, "a second watch request")
-            await asyncio.sleep(0.2)
-            stats = running.stats
-            assert stats.errors == {("watch", "connection"): 1}
-            assert stats.watch_starts == {reasons.INITIAL: 1, reasons.ERROR: 1}
-            assert stats.last_error is not None
-            assert stats.last_error.startswith("watch stream broke")
-            assert api.watches[1].query.get("resourceVersion") == "11"
-            assert len(api.lists) == 1
-            assert running.owner("10.244.1.6") == owner_of("pod-b")
-            assert running.alive()
-
-    run(scenario())
+    resumes_after_a_broken_first_stream([], "break", "connection", "watch stream broke")
