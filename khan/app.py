@@ -17,23 +17,30 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from khan.conntrack.namespace import NamespaceError
+from khan.conntrack.events import EventReader, EventStats
+from khan.conntrack.namespace import NamespaceError, entered
 from khan.conntrack.netlink import ConntrackError
+from khan.conntrack.table import ACCT_SYSCTL, enable_accounting
+from khan.counting.counters import Counting
+from khan.counting.tracker import HeavyFlow
 from khan.inventory.api_config import ApiConfigError
 from khan.inventory.from_file import InventoryError
 from khan.inventory.source import InventoryProvider, choose_inventory
 from khan.logs import RateLimiter
 from khan.metrics.collector import KhanCollector
+from khan.metrics.labels import address_text
 from khan.metrics.snapshot import Health, PollResult
 from khan.metrics.watch_collector import WatchCollector
 from khan.poll import poll
 from khan.settings import Settings
-from khan.web import make_app
+from khan.web import Endpoints, make_app
 
 log = structlog.get_logger("khan.agent")
 
 SHUTDOWN_GRACE_SECONDS = 4.0  # SIGTERM to exit stays within Kubernetes' expectations (and the issue's 5 s)
 FATAL_ERRNOS = frozenset({errno.EPERM, errno.EACCES, errno.EPROTONOSUPPORT})  # retrying cannot help
+RESYNC_GAP_SECONDS = 2.0  # after lost events a dump resynchronises, but never more often than this
+EVENTS_SYSCTL = "/proc/sys/net/netfilter/nf_conntrack_events"
 
 
 class StartupError(Exception):
@@ -45,21 +52,81 @@ class Agent:
         self.settings = settings
         self.inventory: InventoryProvider = inventory or choose_inventory(settings)
         self.health = Health()  # swapped, never mutated: scrapes read it without locks
+        self.counting = Counting(settings.max_series, settings.counter_ttl_seconds)
+        self.events: EventReader | None = None
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(KhanCollector(lambda: self.health))
+        self.registry.register(KhanCollector(lambda: self.health, self._event_stats))
         watch_stats = self.inventory.watch_stats()
         if watch_stats is not None:  # the API inventory reports on its watches
             self.registry.register(WatchCollector(watch_stats, self.inventory.deleted_pods))
         for extra in (ProcessCollector, PlatformCollector, GCCollector):
             extra(registry=self.registry)
         self._warnings = RateLimiter(period=60.0)
+        self._resync: asyncio.Event | None = None
+        self._accounting: bool | None = None
 
     async def start(self) -> None:
-        """What must work before serving: the inventory's file or API configuration. Raises StartupError."""
+        """What must work before serving: the inventory's file or API configuration, accounting if asked for,
+        and the event subscription. Raises StartupError."""
         try:
             await self.inventory.start()
         except (InventoryError, ApiConfigError) as exc:
             raise StartupError(str(exc)) from exc
+        await asyncio.to_thread(self._prepare_table)
+        self._resync = asyncio.Event()
+        if self.settings.events != "off":
+            loop = asyncio.get_running_loop()
+            reader = EventReader(
+                self.counting.tracker.observe_events,
+                lambda: self._resync_from_thread(loop),
+                self.settings.netns,
+            )
+            try:
+                reader.start()
+            except (ConntrackError, NamespaceError) as exc:
+                if self.settings.events == "on":
+                    raise StartupError(str(exc.strerror or exc)) from exc
+                log.warning("events_unavailable", reason=str(exc.strerror or exc), counting="dumps only")
+            else:
+                self.events = reader
+
+    def _prepare_table(self) -> None:
+        """Accounting and events sysctls of the table's namespace: read, and changed only when asked."""
+        try:
+            with entered(self.settings.netns):
+                acct = _read_sysctl(str(ACCT_SYSCTL))
+                if acct == 0 and self.settings.enable_accounting:
+                    enable_accounting()
+                    log.warning(
+                        "accounting_enabled",
+                        sysctl="net.netfilter.nf_conntrack_acct=1",
+                        reason="--enable-accounting",
+                        note="byte counters cover connections opened from now on",
+                    )
+                events = _read_sysctl(EVENTS_SYSCTL)
+        except (OSError, NamespaceError) as exc:
+            log.warning("sysctls_unreadable", error=str(exc))
+            return
+        if events == 0 and self.settings.events != "off":
+            log.warning("events_off_in_kernel", sysctl="net.netfilter.nf_conntrack_events=0", counting="dumps only")
+
+    def _resync_from_thread(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._resync is not None:
+            loop.call_soon_threadsafe(self._resync.set)
+
+    def transactions_json(self) -> list[dict[str, object]]:
+        last = self.health.last
+        endpoints = last.counters.endpoints if last is not None and last.counters is not None else {}
+        return [
+            {"serviceID": service, "endpointCounter": dict(sorted(counts.items()))}
+            for service, counts in sorted(endpoints.items())
+        ]
+
+    def flows_json(self, limit: int) -> list[dict[str, object]]:
+        last = self.health.last
+        if last is None or last.counters is None:
+            return []
+        return [flow_record(heavy, last.finished_at) for heavy in last.counters.heaviest[:limit]]
 
     def render_metrics(self) -> bytes:
         return generate_latest(self.registry)
@@ -75,7 +142,8 @@ class Agent:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        runner = web.AppRunner(make_app(self.render_metrics, self.not_ready_reason), access_log=None)
+        endpoints = Endpoints(self.render_metrics, self.not_ready_reason, self.transactions_json, self.flows_json)
+        runner = web.AppRunner(make_app(endpoints), access_log=None)
         await runner.setup()
         host = self.settings.listen_host or None
         try:
@@ -83,6 +151,7 @@ class Agent:
         except OSError as exc:
             await runner.cleanup()
             await self.inventory.close()
+            self._stop_events()
             where = f"{self.settings.listen_host}:{self.settings.listen_port}"
             raise StartupError(f"cannot listen on {where}: {os.strerror(exc.errno) if exc.errno else exc}") from exc
         log.info(
@@ -92,6 +161,9 @@ class Agent:
             inventory=self.settings.inventory or "kubernetes-api",
             netns=self.settings.netns,
             interval_seconds=self.settings.interval_seconds,
+            events=self.events is not None,
+            aggregate=self.settings.labels.aggregate,
+            max_series=self.settings.max_series,
         )
         watcher = asyncio.create_task(self.inventory.run(stop), name="inventory")
         poller = asyncio.create_task(self._poll_forever(stop), name="poller")
@@ -113,6 +185,7 @@ class Agent:
             except Exception as exc:  # shutting down anyway: say it, do not mask the poller's outcome
                 log.warning("inventory_failed_at_shutdown", error=repr(exc))
             await runner.cleanup()
+            self._stop_events()
             log.info("agent_stopped")
 
     async def _poll_forever(self, stop: asyncio.Event) -> None:
@@ -126,12 +199,21 @@ class Agent:
         await asyncio.wait({synced, stopping}, return_when=asyncio.FIRST_COMPLETED)
         synced.cancel()
         stopping.cancel()
+        resync = self._resync or asyncio.Event()
         while not stop.is_set():
             started = time.monotonic()
+            resync.clear()  # this poll's dump resynchronises whatever was lost before it
             await self._poll_once()
             delay = max(0.0, interval - (time.monotonic() - started))
+            woken = asyncio.create_task(_first_of(stop, resync))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=delay)
+                await asyncio.wait_for(woken, timeout=delay)
+            if resync.is_set() and not stop.is_set():
+                log.info("resync_after_event_loss")
+                gap = RESYNC_GAP_SECONDS - (time.monotonic() - started)
+                if gap > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=gap)
 
     async def _poll_once(self) -> None:
         settings = self.settings
@@ -144,7 +226,9 @@ class Agent:
                 settings.node_name,
                 settings.netns,
                 settings.dump_attempts,
-                outside=settings.outside,
+                policy=settings.labels,
+                counting=self.counting,
+                max_series=settings.max_series,
             )
         except (ConntrackError, NamespaceError) as exc:
             self.health = replace(health, polls=health.polls + 1, poll_errors=health.poll_errors + 1)
@@ -164,6 +248,15 @@ class Agent:
             entries_malformed=health.entries_malformed + result.malformed,
             dumps_interrupted=health.dumps_interrupted + (1 if result.interrupted else 0),
         )
+        accounting = result.table.accounting if result.table is not None else None
+        if accounting is False and self._accounting is not False:
+            log.warning(
+                "accounting_off",
+                sysctl="net.netfilter.nf_conntrack_acct=0",
+                effect="no byte counters (khan_flow_bytes_total) are served",
+                fix="set the sysctl to 1, or start khan with --enable-accounting",
+            )
+        self._accounting = accounting
         if result.malformed:
             self._warn("entries_malformed", skipped=result.malformed)
         if result.interrupted:
@@ -175,10 +268,51 @@ class Agent:
             duration_seconds=round(result.duration_seconds, 3),
         )
 
+    def _event_stats(self) -> EventStats | None:
+        return self.events.stats if self.events is not None else None
+
+    def _stop_events(self) -> None:
+        if self.events is not None:
+            self.events.stop()
+
     def _warn(self, event: str, **context: object) -> None:
         allowed, held = self._warnings.allow(event)
         if allowed:
             log.warning(event, suppressed_since_last=held, **context)
+
+
+async def _first_of(*events: asyncio.Event) -> None:
+    waiters = [asyncio.create_task(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+def _read_sysctl(path: str) -> int | None:
+    try:
+        with open(path) as sysctl:
+            return int(sysctl.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def flow_record(heavy: HeavyFlow, timestamp: float) -> dict[str, object]:
+    """One current connection in k8sconntrack's /flows shape; `value` is both directions' bytes."""
+    flow = heavy.flow
+    source, destination = address_text(flow.src), address_text(flow.dst)
+    return {
+        "uid": f"{_host_port(source, flow.sport)}->{_host_port(destination, flow.dport)}#{heavy.first_seen}",
+        "source": source,
+        "destination": destination,
+        "value": heavy.total_bytes,
+        "timestamp": int(timestamp),
+    }
+
+
+def _host_port(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def run_agent(settings: Settings) -> None:

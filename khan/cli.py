@@ -15,8 +15,12 @@ from collections.abc import Sequence
 
 from khan import __version__
 from khan.logs import LEVELS
+from khan.metrics.labels import AGGREGATES, LabelPolicy
 from khan.metrics.outside import OutsidePolicy
 from khan.settings import DEFAULT_LISTEN, Settings
+
+# Room for every overflow group (src_type x dst_type x transport x seen_from ...) and then some.
+MIN_SERIES = 100
 
 
 class UsageError(Exception):
@@ -80,6 +84,20 @@ def build_parser() -> argparse.ArgumentParser:
             choices=("keep", "drop"),
             help="drop: outside addresses leave src_ip/dst_ip empty [KHAN_EXTERNAL_IPS, default keep]",
         )
+        sub.add_argument(
+            "--aggregate",
+            default=env("aggregate", "pod"),
+            choices=AGGREGATES,
+            help="workload: pods are named after their Deployment, StatefulSet, DaemonSet, Job or CronJob and "
+            "their IPs leave the labels [KHAN_AGGREGATE, default pod]",
+        )
+        sub.add_argument(
+            "--max-series",
+            default=env("max-series", "10000"),
+            metavar="N",
+            help="series per metric family; beyond it the smallest fold into overflow series "
+            "[KHAN_MAX_SERIES, default 10000]",
+        )
         sub.add_argument("--log-format", default=env("log-format", "auto"), choices=("auto", "json", "console"))
         sub.add_argument("--log-level", default=env("log-level", "info"), choices=LEVELS)
 
@@ -112,6 +130,27 @@ def build_parser() -> argparse.ArgumentParser:
         "[KHAN_WATCH_TIMEOUT, default 300]",
     )
 
+    agent.add_argument(
+        "--counter-ttl",
+        default=env("counter-ttl", "900"),
+        metavar="SECONDS",
+        help="a counter series whose pair left the table and stayed idle this long is dropped "
+        "[KHAN_COUNTER_TTL, default 900]",
+    )
+    agent.add_argument(
+        "--events",
+        default=env("events", "auto"),
+        choices=("auto", "on", "off"),
+        help="count from ctnetlink NEW/DESTROY events too; auto: where permitted [KHAN_EVENTS, default auto]",
+    )
+    agent.add_argument(
+        "--enable-accounting",
+        action="store_true",
+        default=env("enable-accounting", "") in ("1", "true", "yes"),
+        help="set net.netfilter.nf_conntrack_acct=1 at start if it is off (byte counters need it); khan changes "
+        "no sysctl without this [KHAN_ENABLE_ACCOUNTING]",
+    )
+
     snapshot = commands.add_parser("snapshot", help="one poll, printed as Prometheus text exposition")
     common(snapshot)
 
@@ -136,6 +175,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     grace = _seconds(args, "deleted_pod_grace", 120.0, minimum=0.0)
+    counter_ttl = _seconds(args, "counter_ttl", 900.0, minimum=1.0)
+    raw_max = getattr(args, "max_series", "10000")
+    if not str(raw_max).isdigit() or int(raw_max) < MIN_SERIES:
+        raise UsageError(f"--max-series must be a whole number of at least {MIN_SERIES}, got {raw_max!r}")
     watch_timeout = _seconds(args, "watch_timeout", 300.0, minimum=1.0)
     return Settings(
         inventory=getattr(args, "inventory", None),
@@ -149,7 +192,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
         netns=getattr(args, "netns", None),
         log_format=args.log_format,
         log_level=args.log_level,
-        outside=outside,
+        labels=LabelPolicy(outside, getattr(args, "aggregate", "pod")),
+        max_series=int(raw_max),
+        counter_ttl_seconds=counter_ttl,
+        events=getattr(args, "events", "auto"),
+        enable_accounting=getattr(args, "enable_accounting", False),
     )
 
 

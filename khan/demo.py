@@ -43,7 +43,7 @@ async def _serve(agent: Agent, lab: Lab, url: str) -> None:
             await asyncio.sleep(0.1)
         print("\nkhan_connection series on node1 (src -> dst):")
         for labels, count in sorted(agent.health.last.connections.items()):
-            _, s_type, s_ip, s_ns, _, s_name, d_type, d_ip, d_ns, _, d_name, port, transport, state = labels
+            _, s_type, s_ip, s_ns, _, s_name, d_type, d_ip, d_ns, _, d_name, port, transport, state, _ = labels
             source = f"{s_type} {s_ns + '/' if s_ns else ''}{s_name or s_ip}"
             target = f"{d_type} {d_ns + '/' if d_ns else ''}{d_name or d_ip}"
             print(f"  {source:28} -> {target:28} {port or '-':>5} {transport:6} {state:12} {count}")

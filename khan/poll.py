@@ -13,9 +13,11 @@ import structlog
 from khan.conntrack.namespace import entered
 from khan.conntrack.netlink import DumpStats, dump_flows
 from khan.conntrack.table import TableStats, read_table_stats
+from khan.counting.counters import CONNECTION_FOLDING, Counting
+from khan.counting.folding import fold_gauge
 from khan.inventory.index import Inventory
-from khan.metrics.outside import OutsidePolicy
-from khan.metrics.snapshot import KEEP_OUTSIDE, PollResult, RawKey, attribute, count_flows
+from khan.metrics.labels import DEFAULT_POLICY, Attributor, LabelPolicy
+from khan.metrics.snapshot import PollResult, RawKey, attribute_connections, count_flows
 
 log = structlog.get_logger("khan.poll")
 
@@ -26,9 +28,13 @@ def poll(
     netns: str | None = None,
     attempts: int = 3,
     table_stats: bool = True,
-    outside: OutsidePolicy = KEEP_OUTSIDE,
+    policy: LabelPolicy = DEFAULT_POLICY,
+    counting: Counting | None = None,
+    max_series: int | None = None,
 ) -> PollResult:
-    """Read the table of `netns` (None: this thread's namespace). Raises ConntrackError or NamespaceError."""
+    """Read the table of `netns` (None: this thread's namespace). Raises ConntrackError or NamespaceError.
+
+    With `counting`, every entry also goes through its tracker and the counters are brought up to date."""
     started = time.perf_counter()
     counts: dict[RawKey, int] = {}
     stats = DumpStats()
@@ -36,16 +42,22 @@ def poll(
     with entered(netns):
         for attempt in range(1, attempts + 1):
             stats = DumpStats()
-            counts = count_flows(dump_flows(stats))
+            counts = _dump(stats, counting)
             if not stats.interrupted:
                 break
             log.debug("dump_interrupted", attempt=attempt, entries=stats.entries)
         if table_stats:
             table = _table_stats()
-    connections = attribute(counts, inventory, node, outside)
+    names = Attributor(inventory, node, policy)
+    connections = attribute_connections(counts, names)
+    served, folded = (connections, 0) if max_series is None else fold_gauge(connections, max_series, CONNECTION_FOLDING)
+    counters = None
+    if counting is not None:
+        accounting = table.accounting if table is not None else None
+        counters = counting.update(names, connections, accounting, time.monotonic(), folded)
     return PollResult(
         node=node,
-        connections=PollResult.freeze(connections),
+        connections=PollResult.freeze(served),
         entries=stats.entries,
         malformed=stats.malformed,
         interrupted=stats.interrupted,
@@ -54,7 +66,26 @@ def poll(
         table=table,
         inventory_objects=dict(inventory.objects),
         inventory_addresses=len(inventory),
+        counters=counters,
     )
+
+
+def _dump(stats: DumpStats, counting: Counting | None) -> dict[RawKey, int]:
+    counts: dict[RawKey, int] = {}
+    if counting is None:
+        return count_flows(dump_flows(stats), counts)
+    tracker = counting.tracker
+    now = int(time.time())
+    tracker.begin_dump()
+    complete = False
+    try:
+        for batch in dump_flows(stats):
+            count_flows((batch,), counts)
+            tracker.observe_dump(batch, now)
+        complete = not stats.interrupted
+    finally:  # a failed or interrupted dump keeps every record it did not reach
+        tracker.end_dump(complete)
+    return counts
 
 
 def _table_stats() -> TableStats | None:

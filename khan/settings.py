@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
-from khan.metrics.outside import OutsidePolicy
+from khan.metrics.labels import LabelPolicy
+
+EventsMode = Literal["auto", "on", "off"]
 
 DEFAULT_PORT = 9986  # khan's entry in Prometheus's default exporter port allocations list
 DEFAULT_LISTEN = f":{DEFAULT_PORT}"
@@ -35,5 +38,16 @@ class Settings:
     log_level: str = "info"
     # A poll retries an interrupted dump this many times before it reports the inconsistent result.
     dump_attempts: int = 3
-    # Outside addresses: named ranges, and whether their IPs become labels (kept by default, as Khan did).
-    outside: OutsidePolicy = field(default_factory=OutsidePolicy)
+    # How much of an owner the labels keep: pods or their workloads; outside ranges and IPs (kept by default,
+    # as Khan did).
+    labels: LabelPolicy = field(default_factory=LabelPolicy)
+    # Series per metric family: a node with 10,000 distinct pairs is already unusual; beyond it the smallest
+    # fold into overflow series, so a scan or a fan-out cannot blow up Prometheus.
+    max_series: int = 10_000
+    # A counter series whose pair has left the table and stayed idle this long is dropped: long enough to
+    # span a gap between a client's bursts (and a few scrapes), short enough that finished pods go.
+    counter_ttl_seconds: float = 900.0
+    # ctnetlink NEW/DESTROY events: auto subscribes where permitted (CAP_NET_ADMIN) and falls back to dumps.
+    events: EventsMode = "auto"
+    # Turn nf_conntrack_acct on at start when it is off (byte counters need it). Never done unless asked.
+    enable_accounting: bool = False

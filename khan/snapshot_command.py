@@ -18,7 +18,14 @@ from khan.settings import Settings
 
 def run_snapshot(settings: Settings) -> None:
     inventory = load_inventory_once(settings)
-    result = poll(inventory, settings.node_name, settings.netns, settings.dump_attempts, outside=settings.outside)
+    result = poll(
+        inventory,
+        settings.node_name,
+        settings.netns,
+        settings.dump_attempts,
+        policy=settings.labels,
+        max_series=settings.max_series,
+    )
     health = Health(
         last=result,
         polls=1,

@@ -15,8 +15,10 @@ from khan.metrics.families import CONNECTION_LABELS
 
 KHAN = [sys.executable, "-m", "khan"]
 
-# A khan_connection series as the tests write it: every label but `node`, in CONNECTION_LABELS order.
+# A khan_connection series as the tests write it: every label but `node` and `seen_from`, in CONNECTION_LABELS
+# order (seen_from has tests of its own).
 Series = tuple[str, ...]
+SERIES_LABELS = tuple(name for name in CONNECTION_LABELS[1:] if name != "seen_from")
 
 
 def khan(args: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -32,13 +34,15 @@ def samples(exposition: str, name: str) -> dict[tuple[tuple[str, str], ...], flo
     return found
 
 
-def connections(exposition: str, node: str) -> dict[Series, int]:
-    """khan_connection series of `node`, as label tuples without the node."""
+def connections(exposition: str, node: str, with_seen_from: bool = False) -> dict[Series, int]:
+    """khan_connection series of `node`, as label tuples without the node (and, unless asked, seen_from)."""
+    names = (*SERIES_LABELS, "seen_from") if with_seen_from else SERIES_LABELS
     out: dict[Series, int] = {}
     for labels, value in samples(exposition, "khan_connection").items():
         as_dict = dict(labels)
         assert as_dict["node"] == node
-        out[tuple(as_dict[name] for name in CONNECTION_LABELS[1:])] = int(value)
+        key = tuple(as_dict[name] for name in names)
+        out[key] = out.get(key, 0) + int(value)
     return out
 
 

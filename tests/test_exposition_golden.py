@@ -9,7 +9,9 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 
+from khan.conntrack.events import EventStats
 from khan.conntrack.table import TableStats
+from khan.counting.counters import CounterView
 from khan.inventory.watch_stats import WatchStats
 from khan.metrics import families
 from khan.metrics.collector import KhanCollector
@@ -23,15 +25,15 @@ POLL = PollResult(
     connections={
         (
             "node1", "pod", "10.244.1.10", "shop", "web", "pod-a",
-            "service", "10.96.0.10", "shop", "web-svc", "web-svc", "80", "tcp", "ESTABLISHED",
+            "service", "10.96.0.10", "shop", "web-svc", "web-svc", "80", "tcp", "ESTABLISHED", "source",
         ): 3,
         (
             "node1", "external", "192.0.2.10", "", "", "",
-            "pod", "10.244.1.10", "shop", "web", "pod-a", "8080", "tcp", "TIME_WAIT",
+            "pod", "10.244.1.10", "shop", "web", "pod-a", "8080", "tcp", "TIME_WAIT", "ingress",
         ): 1,
         (
             "node1", "pod", "10.244.1.10", "shop", "web", "pod-a",
-            "pod", "10.244.2.10", "shop", "db", "pod-c", "53", "udp", "ASSURED",
+            "pod", "10.244.2.10", "shop", "db", "pod-c", "53", "udp", "ASSURED", "source",
         ): 2,
     },
     entries=6,
@@ -42,7 +44,30 @@ POLL = PollResult(
     table=TableStats(entries=6, limit=262144, accounting=True, events={"drop": 0, "early_drop": 2}),
     inventory_objects={"Node": 2, "Pod": 3, "Service": 1},
     inventory_addresses=9,
+    counters=CounterView(
+        opened={
+            (
+                "node1", "pod", "10.244.1.10", "shop", "web", "pod-a",
+                "service", "10.96.0.10", "shop", "web-svc", "web-svc", "80", "tcp", "source",
+            ): 7,
+        },
+        flow_bytes={
+            (
+                "node1", "pod", "10.244.1.10", "shop", "web", "pod-a",
+                "service", "10.96.0.10", "shop", "web-svc", "web-svc", "80", "tcp", "source", direction,
+            ): amount
+            for direction, amount in (("sent", 1200), ("received", 56000))
+        },
+        transactions={
+            ("node1", "shop", "web-svc", "10.244.1.11", "shop", "pod-b", "8080", "tcp"): 7,
+        },
+        folded={"khan_connection": 0, "khan_connections_opened_total": 0},
+        expired={"khan_connections_opened_total": 2},
+        tracked=6,
+        vanished=1,
+    ),
 )  # fmt: skip
+EVENTS = EventStats(new=9, destroy=3, malformed=0, overflows=1, dropped=40)
 HEALTH = Health(last=POLL, polls=4, poll_errors=1, entries_read=20, entries_malformed=1, dumps_interrupted=0)
 
 
@@ -64,9 +89,9 @@ def watch_stats() -> WatchStats:
     return stats
 
 
-def render(health: Health, watches: WatchStats | None = None) -> str:
+def render(health: Health, watches: WatchStats | None = None, events: EventStats | None = EVENTS) -> str:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(KhanCollector(lambda: health))
+    registry.register(KhanCollector(lambda: health, lambda: events))
     if watches is not None:
         registry.register(WatchCollector(watches, lambda: 4))
     return generate_latest(registry).decode().replace(platform.python_version(), "PYTHON_VERSION")
@@ -98,7 +123,7 @@ def test_every_declared_metric_is_served() -> None:
 
 
 def test_before_the_first_poll_only_totals_and_build_info_are_served() -> None:
-    text = render(Health())
+    text = render(Health(), events=None)
     assert "khan_polls_total 0.0" in text
     assert "khan_build_info{" in text
     assert "khan_connection{" not in text

@@ -8,6 +8,7 @@ import socket
 import pytest
 
 from khan.inventory.objects import EXTERNAL, Owner
+from khan.metrics.labels import LabelPolicy
 from khan.metrics.outside import OutsidePolicy
 from khan.metrics.snapshot import attribute, count_flows
 from tests.exposition import khan
@@ -66,7 +67,9 @@ def test_cluster_addresses_are_never_renamed_by_a_range() -> None:
     # A range that covers the pod network: the pod keeps its own name, only the outside client is renamed.
     policy = OutsidePolicy.parse("everything=0.0.0.0/0")
     client = packed("192.0.2.7")
-    (labels,) = attribute(count_flows([[flow(6, client, POD, 40000, 8080, 0, ESTABLISHED)]]), INVENTORY, "n", policy)
+    (labels,) = attribute(
+        count_flows([[flow(6, client, POD, 40000, 8080, 0, ESTABLISHED)]]), INVENTORY, "n", LabelPolicy(policy)
+    )
     assert labels[1:6] == ("external", "192.0.2.7", "", "", "everything")
     assert labels[6:11] == ("pod", "10.244.1.10", "shop", "web", "web-1")
 
@@ -75,10 +78,10 @@ def test_dropping_outside_ips_folds_every_outside_client_into_one_series() -> No
     clients = [packed(f"192.0.2.{host}") for host in range(1, 51)] + [packed("198.51.100.9")]
     flows = [flow(6, client, POD, 40000, 8080, 0, ESTABLISHED) for client in clients]
     policy = OutsidePolicy.parse("office=198.51.100.0/24", "drop")
-    series = attribute(count_flows([flows]), INVENTORY, "n", policy)
+    series = attribute(count_flows([flows]), INVENTORY, "n", LabelPolicy(policy))
     unnamed = ("n", "external", "", "", "", "", "pod", "10.244.1.10", "shop", "web", "web-1", "8080", "tcp")
     office = ("n", "external", "", "", "", "office", *unnamed[6:])
-    assert series == {(*unnamed, "ESTABLISHED"): 50, (*office, "ESTABLISHED"): 1}
+    assert series == {(*unnamed, "ESTABLISHED", "transit"): 50, (*office, "ESTABLISHED", "transit"): 1}
     assert sum(series.values()) == len(clients)
 
 

@@ -43,7 +43,7 @@ def test_source_ports_never_split_series_and_counts_add_up() -> None:
     assert series == {
         (
             "node1", "pod", "10.244.1.10", "shop", "web", "web-1",
-            "service", "10.96.0.20", "shop", "postgres", "db", "5432", "tcp", "ESTABLISHED",
+            "service", "10.96.0.20", "shop", "postgres", "db", "5432", "tcp", "ESTABLISHED", "transit",
         ): 6
     }  # fmt: skip
 
@@ -52,7 +52,7 @@ def test_icmp_has_no_port_and_unknown_addresses_are_external() -> None:
     series = attribute(count_flows([[flow(1, OUTSIDE, POD, 0, 0, 0, NO_TCP_STATE)]]), INVENTORY, "n")
     outside = ("external", "192.0.2.7", "", "", "")
     pod = ("pod", "10.244.1.10", "shop", "web", "web-1")
-    assert series == {("n", *outside, *pod, "", "icmp", "UNREPLIED"): 1}
+    assert series == {("n", *outside, *pod, "", "icmp", "UNREPLIED", "transit"): 1}
 
 
 def test_states() -> None:
@@ -75,4 +75,4 @@ def test_ipv6_addresses_are_printed_compressed() -> None:
     f = Flow(10, 17, v6, v6, 1, 53, v6, v6, 53, 1, 0, NO_TCP_STATE, 1, 0, 0, 0, 0, 0, 0)
     (labels,) = attribute(count_flows([[f]]), INVENTORY, "n")
     assert labels[2] == labels[7] == "fd00:10:244:1::10"
-    assert labels[11:] == ("53", "udp", "UNREPLIED")
+    assert labels[11:] == ("53", "udp", "UNREPLIED", "transit")

@@ -26,9 +26,11 @@ NLM_F_MULTI = 0x2
 NLM_F_DUMP_INTR = 0x10
 NLA_TYPE_MASK = 0x3FFF  # strips NLA_F_NESTED and NLA_F_NET_BYTEORDER
 
-# nfnetlink: a conntrack entry arrives as subsystem CTNETLINK (1), message IPCTNL_MSG_CT_NEW (0).
+# nfnetlink: a conntrack entry arrives as subsystem CTNETLINK (1), message IPCTNL_MSG_CT_NEW (0) in a dump and in
+# NEW events; a DESTROY event is IPCTNL_MSG_CT_DELETE (2) with the same body, carrying the final counters.
 NFGENMSG_LEN = 4
 CT_ENTRY_TYPE = 1 << 8
+CT_DELETE_TYPE = (1 << 8) | 2
 
 # Top-level conntrack attributes.
 CTA_TUPLE_ORIG = 1
@@ -415,19 +417,26 @@ def _compile_template(buf: bytes | bytearray, start: int, end: int, flow: Flow) 
 
 
 def decode_chunk(
-    buf: bytes | bytearray, length: int, flows: list[Flow], templates: dict[int, list[Template]] | None = None
+    buf: bytes | bytearray,
+    length: int,
+    flows: list[Flow],
+    templates: dict[int, list[Template]] | None = None,
+    destroyed: list[Flow] | None = None,
 ) -> ChunkResult:
     """Every netlink message in buf[:length]: entries are appended to `flows`, the rest is summarised.
 
     `templates` carries compiled message shapes from one buffer to the next (keyed by message length): an entry
     whose shape is known costs one unpack. A message whose header lies ends what can be trusted in this buffer:
     the rest counts as one malformed entry. A message whose attributes are broken is skipped and counted.
+    With `destroyed` (an event socket), DESTROY messages are decoded into it; otherwise they count as `other`.
     """
     if templates is None:
         templates = {}
     malformed = other = error = 0
     done = interrupted = False
-    append = flows.append
+    keep_entry = flows.append
+    events = destroyed is not None
+    keep_destroyed = destroyed.append if destroyed is not None else keep_entry
     unpack_hdr = _MSGHDR.unpack_from
     shapes = templates.get
     new = tuple.__new__
@@ -441,7 +450,8 @@ def decode_chunk(
             break
         if mflags & intr_flag:
             interrupted = True
-        if mtype == entry_type:
+        if mtype == entry_type or (mtype == CT_DELETE_TYPE and events):
+            append = keep_entry if mtype == entry_type else keep_destroyed
             for unpack, checked, expected, flow_fields, defaults in shapes(mlen, ()):
                 values = unpack(buf, pos + header_len)
                 if checked(values) == expected:

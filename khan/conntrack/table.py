@@ -1,5 +1,6 @@
 """Table statistics through pyroute2 (low volume, so its cost does not matter): entry count, limit, per-CPU
-event counters; and whether byte/packet accounting is on. Read only: khan never changes a sysctl."""
+event counters; and whether byte/packet accounting is on. Read only, but for `enable_accounting`, which runs
+only when the operator asks for it (--enable-accounting)."""
 
 from __future__ import annotations
 
@@ -47,3 +48,11 @@ def _read_int(path: Path) -> int | None:
         return int(path.read_text().strip())
     except (OSError, ValueError):
         return None
+
+
+def enable_accounting() -> bool:
+    """Set nf_conntrack_acct=1 in the calling thread's namespace; True if it was off. Only on explicit request."""
+    if _read_int(ACCT_SYSCTL) != 0:
+        return False
+    ACCT_SYSCTL.write_text("1\n")
+    return True

@@ -14,6 +14,8 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 from khan import __version__
+from khan.conntrack.events import EventStats
+from khan.counting.counters import CounterView
 from khan.metrics import families as f
 from khan.metrics.snapshot import Health
 
@@ -32,7 +34,7 @@ def counter(spec: f.MetricSpec, value: float | None = None) -> CounterMetricFami
     return family
 
 
-def families(health: Health) -> Iterator[Metric]:
+def families(health: Health, events: EventStats | None = None) -> Iterator[Metric]:
     """Every family of families.ALL. Values that are not known yet (no poll so far) are left out, not zeroed."""
     last = health.last
     connections = gauge(f.CONNECTION)
@@ -40,6 +42,17 @@ def families(health: Health) -> Iterator[Metric]:
         for labels, count in last.connections.items():
             connections.add_metric(labels, count)
     yield connections
+    counters = last.counters if last is not None else None
+    if counters is not None:
+        yield from _counter_families(counters)
+    yield gauge(f.EVENTS_SUBSCRIBED, 0 if events is None else 1)
+    if events is not None:
+        by_type = counter(f.EVENTS)
+        by_type.add_metric(["new"], events.new)
+        by_type.add_metric(["destroy"], events.destroy)
+        yield by_type
+        yield counter(f.EVENT_OVERFLOWS, events.overflows)
+        yield counter(f.EVENTS_DROPPED, events.dropped)
 
     yield counter(f.POLLS, health.polls)
     yield counter(f.POLL_ERRORS, health.poll_errors)
@@ -63,20 +76,45 @@ def families(health: Health) -> Iterator[Metric]:
                 yield gauge(f.TABLE_LIMIT, table.limit)
             if table.accounting is not None:
                 yield gauge(f.ACCOUNTING, 1 if table.accounting else 0)
-            events = counter(f.TABLE_EVENTS)
+            kernel_events = counter(f.TABLE_EVENTS)
             for event, number in sorted(table.events.items()):
-                events.add_metric([event], number)
-            yield events
+                kernel_events.add_metric([event], number)
+            yield kernel_events
     info = InfoMetricFamily(f.BUILD_INFO.name, f.BUILD_INFO.help)
     info.add_metric([], {"version": __version__, "python_version": platform.python_version()})
     yield info
 
 
+def _counter_families(counters: CounterView) -> Iterator[Metric]:
+    for spec, values in (
+        (f.OPENED, counters.opened),
+        (f.FLOW_BYTES, counters.flow_bytes),
+        (f.TRANSACTIONS, counters.transactions),
+    ):
+        if values is None:
+            continue  # no byte counters while accounting is off
+        family = counter(spec)
+        for labels, value in values.items():
+            family.add_metric(labels, value)
+        yield family
+    folded = gauge(f.SERIES_FOLDED)
+    for name, number in sorted(counters.folded.items()):
+        folded.add_metric([name], number)
+    yield folded
+    expired = counter(f.SERIES_EXPIRED)
+    for name, number in sorted(counters.expired.items()):
+        expired.add_metric([name], number)
+    yield expired
+    yield gauge(f.TRACKED_ENTRIES, counters.tracked)
+    yield counter(f.ENTRIES_VANISHED, counters.vanished)
+
+
 class KhanCollector(Collector):
     """Reads whatever Health the poller swapped in last; a scrape never waits for a poll."""
 
-    def __init__(self, current: Callable[[], Health]) -> None:
+    def __init__(self, current: Callable[[], Health], events: Callable[[], EventReader | None] = lambda: None) -> None:
         self._current = current
+        self._events = events
 
     def collect(self) -> Iterator[Metric]:
-        return families(self._current())
+        return families(self._current(), self._events())

@@ -27,13 +27,83 @@ CONNECTION_LABELS = (
     "dst_port",
     "transport",
     "state",
+    "seen_from",
+)
+# The counters' pair: khan_connection's labels without `state`, which changes during a connection's life.
+PAIR_LABELS = tuple(name for name in CONNECTION_LABELS if name != "state")
+FLOW_BYTES_LABELS = (*PAIR_LABELS, "direction")
+TRANSACTION_LABELS = (
+    "node",
+    "service_ns",
+    "service_name",
+    "endpoint_ip",
+    "endpoint_ns",
+    "endpoint_name",
+    "endpoint_port",
+    "transport",
 )
 
 CONNECTION = MetricSpec(
     "khan_connection",
     "gauge",
-    "Connections in the node's conntrack table right now, by both ends (original tuple), port, transport and state.",
+    "Connections in the node's conntrack table right now, by both ends (original tuple), port, transport and state; "
+    'seen_from=~"source|ingress" counts each connection in the cluster once.',
     CONNECTION_LABELS,
+)
+OPENED = MetricSpec(
+    "khan_connections_opened_total",
+    "counter",
+    "New connections since khan started, by both ends, port and transport (seen in a dump or a NEW event).",
+    PAIR_LABELS,
+)
+FLOW_BYTES = MetricSpec(
+    "khan_flow_bytes_total",
+    "counter",
+    "Bytes since khan started, by both ends, port, transport and direction (sent: source to destination, "
+    "received: the replies); only while nf_conntrack_acct is on.",
+    FLOW_BYTES_LABELS,
+)
+TRANSACTIONS = MetricSpec(
+    "khan_service_transactions_total",
+    "counter",
+    "New connections whose destination was translated (a service), by the endpoint that served them.",
+    TRANSACTION_LABELS,
+)
+SERIES_FOLDED = MetricSpec(
+    "khan_series_folded",
+    "gauge",
+    "Label sets of a family served through its overflow series because of --max-series.",
+    ("family",),
+)
+SERIES_EXPIRED = MetricSpec(
+    "khan_series_expired_total",
+    "counter",
+    "Counter series dropped because their pair was gone from the table and idle for --counter-ttl.",
+    ("family",),
+)
+TRACKED_ENTRIES = MetricSpec(
+    "khan_tracked_entries", "gauge", "Conntrack entries whose counters khan remembers between two looks."
+)
+ENTRIES_VANISHED = MetricSpec(
+    "khan_tracked_entries_vanished_total",
+    "counter",
+    "Entries that left the table with no DESTROY event seen: their bytes since the previous poll are not counted.",
+)
+EVENTS_SUBSCRIBED = MetricSpec(
+    "khan_events_subscribed",
+    "gauge",
+    "1 while khan receives ctnetlink NEW and DESTROY events, 0 when it counts from dumps only.",
+)
+EVENTS = MetricSpec("khan_events_total", "counter", "ctnetlink events received, by type (new, destroy).", ("type",))
+EVENT_OVERFLOWS = MetricSpec(
+    "khan_events_overflows_total",
+    "counter",
+    "Times the event socket overflowed (ENOBUFS); each is followed by a dump that resynchronises the state.",
+)
+EVENTS_DROPPED = MetricSpec(
+    "khan_events_dropped_total",
+    "counter",
+    "Events the kernel dropped because khan's socket was full; connections opened and closed among them are lost.",
 )
 POLL_DURATION = MetricSpec("khan_poll_duration_seconds", "gauge", "Wall time of the last poll of the conntrack table.")
 POLL_ENTRIES = MetricSpec("khan_poll_entries", "gauge", "Conntrack entries read by the last successful poll.")
@@ -109,6 +179,17 @@ BUILD_INFO = MetricSpec(
 
 ALL: tuple[MetricSpec, ...] = (
     CONNECTION,
+    OPENED,
+    FLOW_BYTES,
+    TRANSACTIONS,
+    SERIES_FOLDED,
+    SERIES_EXPIRED,
+    TRACKED_ENTRIES,
+    ENTRIES_VANISHED,
+    EVENTS_SUBSCRIBED,
+    EVENTS,
+    EVENT_OVERFLOWS,
+    EVENTS_DROPPED,
     POLL_DURATION,
     POLL_ENTRIES,
     ENTRIES_READ,

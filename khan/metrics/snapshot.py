@@ -7,11 +7,11 @@ not once per entry.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from operator import attrgetter
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from khan.conntrack.decode import (
     IPPROTO_TCP,
@@ -22,19 +22,22 @@ from khan.conntrack.decode import (
     Flow,
 )
 from khan.conntrack.table import TableStats
-from khan.inventory.index import Inventory, Owner
-from khan.metrics.outside import OutsidePolicy
+from khan.counting.tracker import PairKey, TransactionKey
 
-KEEP_OUTSIDE = OutsidePolicy()
+if TYPE_CHECKING:
+    from khan.counting.counters import CounterView
+from khan.inventory.index import Inventory
+from khan.metrics.labels import DEFAULT_POLICY, Attributor, LabelPolicy, address_text
 
 TRANSPORT_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
 PORTED_PROTOCOLS = frozenset({6, 17, 33, 132, 136})  # tcp, udp, dccp, sctp, udplite: the tuple has ports
 
-# (proto, src, dst, dport, tcp_state, status): everything a khan_connection label is made from.
-RawKey = tuple[int, bytes, bytes, int, int, int]
-_raw_key = attrgetter("proto", "src", "dst", "dport", "tcp_state", "status")
+# (proto, src, dst, dport, tcp_state, status, reply_src): everything a khan_connection label is made from. The
+# reply's source is the endpoint that answered, which says whether this node hosts the far end (seen_from).
+RawKey = tuple[int, bytes, bytes, int, int, int, bytes]
+_raw_key = attrgetter("proto", "src", "dst", "dport", "tcp_state", "status", "reply_src")
 
-Labels = tuple[str, ...]  # values in families.CONNECTION_LABELS order
+Labels = tuple[str, ...]  # values in the family's label order (families.CONNECTION_LABELS, ...)
 
 
 def count_flows(batches: Iterable[Iterable[Flow]], counts: dict[RawKey, int] | None = None) -> dict[RawKey, int]:
@@ -65,43 +68,79 @@ def transport_name(proto: int) -> str:
     return TRANSPORT_NAMES.get(proto) or str(proto)
 
 
-def address_text(packed: bytes) -> str:
-    return socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
+def port_text(proto: int, port: int) -> str:
+    return str(port) if proto in PORTED_PROTOCOLS else ""
 
 
 def attribute(
-    counts: Mapping[RawKey, int], inventory: Inventory, node: str, outside: OutsidePolicy = KEEP_OUTSIDE
+    counts: Mapping[RawKey, int], inventory: Inventory, node: str, policy: LabelPolicy = DEFAULT_POLICY
 ) -> dict[Labels, int]:
-    """Raw counts -> khan_connection series. Keys that differ only in what labels drop are summed."""
+    """Raw counts -> khan_connection series (families.CONNECTION_LABELS). Keys that differ only in what the labels
+    drop are summed."""
+    return attribute_connections(counts, Attributor(inventory, node, policy))
+
+
+def attribute_connections(counts: Mapping[RawKey, int], names: Attributor) -> dict[Labels, int]:
     series: dict[Labels, int] = {}
-    texts: dict[bytes, str] = {}
-    owners: dict[bytes, Owner] = {}
-    for (proto, src, dst, dport, tcp_state, status), count in counts.items():
-        for packed in (src, dst):
-            if packed not in texts:
-                owner = inventory.owner(packed)
-                if owner.type == "external":
-                    owner = outside.owner(packed)
-                owners[packed] = owner
-                texts[packed] = address_text(packed) if owner.type != "external" or outside.keep_ips else ""
-        s, d = owners[src], owners[dst]
+    node = names.node
+    for (proto, src, dst, dport, tcp_state, status, endpoint), count in counts.items():
         labels = (
             node,
-            s.type,
-            texts[src],
-            s.ns,
-            s.app,
-            s.name,
-            d.type,
-            texts[dst],
-            d.ns,
-            d.app,
-            d.name,
-            str(dport) if proto in PORTED_PROTOCOLS else "",
+            *names.end(src),
+            *names.end(dst),
+            port_text(proto, dport),
             transport_name(proto),
             state_name(proto, tcp_state, status),
+            names.seen_from(src, dst, endpoint),
         )
         series[labels] = series.get(labels, 0) + count
+    return series
+
+
+def attribute_pairs(amounts: Mapping[PairKey, int], names: Attributor) -> dict[Labels, int]:
+    """Raw pair deltas -> counter series (families.PAIR_LABELS): khan_connection's labels without `state`."""
+    series: dict[Labels, int] = {}
+    node = names.node
+    for (proto, src, dst, dport, endpoint), amount in amounts.items():
+        labels = (
+            node,
+            *names.end(src),
+            *names.end(dst),
+            port_text(proto, dport),
+            transport_name(proto),
+            names.seen_from(src, dst, endpoint),
+        )
+        series[labels] = series.get(labels, 0) + amount
+    return series
+
+
+def pair_of(connection: Labels) -> Labels:
+    """A khan_connection label set -> its counter series' labels (without `state`)."""
+    return (*connection[:13], *connection[14:])
+
+
+def attribute_transactions(amounts: Mapping[TransactionKey, int], names: Attributor) -> dict[Labels, int]:
+    """Raw transaction deltas -> khan_service_transactions_total series (families.TRANSACTION_LABELS)."""
+    series: dict[Labels, int] = {}
+    node = names.node
+    for (proto, service, _, endpoint, endpoint_port), amount in amounts.items():
+        service_owner = names.owner(service)
+        if service_owner.type == "service":
+            service_ns, service_name = service_owner.ns, service_owner.name
+        else:  # a translation khan cannot name (a NodePort, a hand-made DNAT): the address asked for
+            service_ns, service_name = "", address_text(service)
+        _, endpoint_ip, endpoint_ns, _, endpoint_name = names.end(endpoint)
+        labels = (
+            node,
+            service_ns,
+            service_name,
+            endpoint_ip,
+            endpoint_ns,
+            endpoint_name,
+            port_text(proto, endpoint_port),
+            transport_name(proto),
+        )
+        series[labels] = series.get(labels, 0) + amount
     return series
 
 
@@ -119,6 +158,7 @@ class PollResult:
     table: TableStats | None
     inventory_objects: Mapping[str, int] = field(default_factory=dict)
     inventory_addresses: int = 0
+    counters: CounterView | None = None  # None where nothing is counted (khan snapshot)
 
     @staticmethod
     def freeze(connections: dict[Labels, int]) -> Mapping[Labels, int]:

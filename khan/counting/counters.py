@@ -1,0 +1,105 @@
+"""The counter side of a poll: the tracker's deltas, attributed, added to the cumulative families; and what a
+scrape or the JSON endpoints read of them, as one immutable view. Runs in the poller thread."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from khan.counting.folding import Folding, Labels
+from khan.counting.store import CounterStore
+from khan.counting.tracker import ConnectionTracker, HeavyFlow
+from khan.metrics import families as f
+from khan.metrics.labels import Attributor, address_text
+from khan.metrics.snapshot import attribute_pairs, attribute_transactions, pair_of
+
+# What an overflow series keeps of each family (--max-series).
+CONNECTION_FOLDING = Folding(f.CONNECTION_LABELS, ("node", "src_type", "dst_type", "transport", "state", "seen_from"))
+OPENED_FOLDING = Folding(f.PAIR_LABELS, ("node", "src_type", "dst_type", "transport", "seen_from"))
+BYTES_FOLDING = Folding(f.FLOW_BYTES_LABELS, ("node", "src_type", "dst_type", "transport", "seen_from", "direction"))
+TRANSACTIONS_FOLDING = Folding(f.TRANSACTION_LABELS, ("node", "transport"))
+_ENDPOINT_FOLDING = Folding(("service_id", "endpoint_ip"), ())
+ENDPOINTS_KEPT = 100_000  # /transactions: (service, endpoint) pairs remembered; a cluster has fewer endpoints
+
+
+@dataclass(frozen=True)
+class CounterView:
+    """The counters after one poll, never mutated."""
+
+    opened: Mapping[Labels, int] = field(default_factory=dict)
+    flow_bytes: Mapping[Labels, int] | None = None  # None: accounting is off, no byte counters are served
+    transactions: Mapping[Labels, int] = field(default_factory=dict)
+    endpoints: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # service ns/name -> endpoint ip
+    heaviest: tuple[HeavyFlow, ...] = ()
+    folded: Mapping[str, int] = field(default_factory=dict)  # family name -> label sets folded
+    expired: Mapping[str, int] = field(default_factory=dict)  # family name -> series expired since start
+    tracked: int = 0
+    vanished: int = 0
+
+
+class Counting:
+    """One per agent: the tracker that events and dumps feed, and the cumulative families."""
+
+    def __init__(self, max_series: int, ttl_seconds: float) -> None:
+        self.tracker = ConnectionTracker()
+        self.max_series = max_series
+        self.opened = CounterStore(OPENED_FOLDING, max_series, ttl_seconds)
+        self.flow_bytes = CounterStore(BYTES_FOLDING, max_series, ttl_seconds)
+        self.transactions = CounterStore(TRANSACTIONS_FOLDING, max_series, ttl_seconds)
+        self._endpoints = CounterStore(_ENDPOINT_FOLDING, ENDPOINTS_KEPT, ttl_seconds)
+
+    def update(
+        self,
+        names: Attributor,
+        connections: Mapping[Labels, int],
+        accounting: bool | None,
+        now: float,
+        connections_folded: int = 0,
+    ) -> CounterView:
+        """Add what the tracker saw since the last update; `connections` (unfolded) says which pairs still exist."""
+        deltas = self.tracker.take()
+        for labels, amount in attribute_pairs(deltas.opened, names).items():
+            self.opened.add(labels, amount, now)
+        bytes_on = accounting is not False
+        if bytes_on:
+            for direction, amounts in (("sent", deltas.sent), ("received", deltas.received)):
+                for labels, amount in attribute_pairs(amounts, names).items():
+                    self.flow_bytes.add((*labels, direction), amount, now)
+        for labels, amount in attribute_transactions(deltas.transactions, names).items():
+            self.transactions.add(labels, amount, now)
+        for (_, service, _, endpoint, _), amount in deltas.transactions.items():
+            owner = names.owner(service)
+            if owner.type == "service":
+                self._endpoints.add((f"{owner.ns}/{owner.name}", address_text(endpoint)), amount, now)
+
+        for connection in connections:
+            pair = pair_of(connection)
+            self.opened.touch(pair, now)
+            self.flow_bytes.touch((*pair, "sent"), now)
+            self.flow_bytes.touch((*pair, "received"), now)
+        stores = {
+            f.OPENED.name: self.opened,
+            f.FLOW_BYTES.name: self.flow_bytes,
+            f.TRANSACTIONS.name: self.transactions,
+        }
+        for store in (*stores.values(), self._endpoints):
+            store.maintain(now)
+
+        endpoints: dict[str, dict[str, int]] = {}
+        for (service_id, endpoint_ip), count in self._endpoints.snapshot().items():
+            endpoints.setdefault(service_id, {})[endpoint_ip] = count
+        tracker = self.tracker
+        return CounterView(
+            opened=self.opened.snapshot(),
+            flow_bytes=self.flow_bytes.snapshot() if bytes_on else None,
+            transactions=self.transactions.snapshot(),
+            endpoints=MappingProxyType(endpoints),
+            heaviest=tuple(tracker.heaviest),
+            folded=MappingProxyType(
+                {f.CONNECTION.name: connections_folded} | {name: store.folded for name, store in stores.items()}
+            ),
+            expired=MappingProxyType({name: store.expired for name, store in stores.items()}),
+            tracked=len(tracker),
+            vanished=tracker.totals.vanished,
+        )

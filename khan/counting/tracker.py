@@ -1,0 +1,240 @@
+"""Conntrack entries seen over time -> what happened between two looks: connections opened, bytes moved.
+
+Two sources feed one state. A dump (every poll) is the whole table: an entry not known before is new, a known
+entry's counters grew by their difference. Events (ctnetlink NEW and DESTROY, when subscribed) catch what a dump
+never sees, a connection opened and closed between two polls, and DESTROY carries its final counters. Both may
+report the same connection, in either order; one record per live entry makes each counted once. The event
+reader and the poller run in different threads, so every method takes the tracker's lock.
+
+Identity: the kernel's conntrack id is 32 bits (a hash of the entry's address and original tuple), so among a few
+hundred thousand live entries some share one; the ports are folded in to keep those apart. An id that comes
+back for a new connection with the same tuple (the slot reused between two looks) shows as counters going
+backwards, which counts as a new connection.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from khan.conntrack.decode import Flow
+
+# What a counter series is made from: protocol, original source and destination, destination port, and the
+# endpoint that answered (the reply's source: the destination itself unless it was translated).
+PairKey = tuple[int, bytes, bytes, int, bytes]
+# A translated destination: protocol, the address and port asked for (the service), the endpoint and its port.
+TransactionKey = tuple[int, bytes, int, bytes, int]
+# A live entry: the counters at the last look, and the unix second khan first saw it.
+Record = tuple[int, int, int]
+
+HEAVIEST_KEPT = 10_000  # the most flows /flows may list, kept from each dump by total bytes
+
+
+class HeavyFlow(NamedTuple):
+    """A current connection, for /flows."""
+
+    flow: Flow
+    total_bytes: int
+    first_seen: int  # unix seconds: when khan first saw the entry (the kernel's own start time is off by default)
+
+
+@dataclass
+class Deltas:
+    """What happened since the last `take()`, by raw key; attribution turns these into labelled counters."""
+
+    opened: dict[PairKey, int] = field(default_factory=dict)
+    sent: dict[PairKey, int] = field(default_factory=dict)  # original direction bytes
+    received: dict[PairKey, int] = field(default_factory=dict)  # reply direction bytes
+    transactions: dict[TransactionKey, int] = field(default_factory=dict)
+
+
+@dataclass
+class TrackerTotals:
+    """Since start: how the state was kept, for khan's own metrics."""
+
+    vanished: int = 0  # entries gone from a dump with no DESTROY seen: their last bytes are unknown
+    reused: int = 0  # ids that came back for a new connection between two looks
+    destroyed_unknown: int = 0  # DESTROY events for entries never seen (their NEW was lost): counted then
+
+
+def identity(flow: Flow) -> int:
+    return flow.id | flow.sport << 32 | flow.dport << 48
+
+
+class ConnectionTracker:
+    """Live entries by identity, and the deltas not yet taken. Counting starts from zero at the first dump:
+    what that dump finds had opened before khan started and is only its baseline."""
+
+    def __init__(self, heaviest_kept: int = HEAVIEST_KEPT) -> None:
+        self.lock = threading.Lock()
+        self.totals = TrackerTotals()
+        self._live: dict[int, Record] = {}
+        self._baseline_done = False
+        self._deltas = Deltas()
+        # While a dump runs: the records it has read, and what events did meanwhile.
+        self._dumping: dict[int, Record] | None = None
+        self._added_during: set[int] = set()
+        self._gone_during: set[int] = set()
+        self._heaviest_kept = heaviest_kept
+        self._candidates: list[tuple[int, Flow]] = []
+        self._floor = 0
+        self._heaviest: list[HeavyFlow] = []
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    @property
+    def heaviest(self) -> list[HeavyFlow]:
+        """The heaviest current connections of the last complete dump, heaviest first."""
+        return self._heaviest
+
+    def take(self) -> Deltas:
+        """The deltas since the last take; the tracker starts a new set."""
+        with self.lock:
+            deltas, self._deltas = self._deltas, Deltas()
+        return deltas
+
+    # Dumps.
+
+    def begin_dump(self) -> None:
+        with self.lock:
+            self._dumping = {}
+            self._added_during = set()
+            self._gone_during = set()
+            self._candidates = []
+            self._floor = 0
+
+    def observe_dump(self, batch: Iterable[Flow], now: int) -> None:
+        """One received batch of the dump under way. This runs once per entry: keep it lean."""
+        with self.lock:
+            dumping = self._dumping
+            if dumping is None:
+                raise RuntimeError("observe_dump() outside begin_dump()/end_dump()")
+            live_pop = self._live.pop
+            gone = self._gone_during
+            counting = self._baseline_done
+            deltas = self._deltas
+            sent, received = deltas.sent, deltas.received
+            candidates, floor, kept = self._candidates, self._floor, self._heaviest_kept
+            for flow in batch:
+                ident = flow.id | flow.sport << 32 | flow.dport << 48
+                ob, rb = flow.orig_bytes, flow.reply_bytes
+                total = ob + rb
+                if total > floor or len(candidates) < kept:
+                    candidates.append((total, flow))
+                    if len(candidates) >= 2 * kept:
+                        floor = self._trim_candidates()
+                seen = live_pop(ident, None)
+                if seen is None:
+                    if ident in gone or ident in dumping:  # destroyed after the dump read it, or read twice
+                        continue
+                    dumping[ident] = (ob, rb, now)
+                    if counting:
+                        self._count_new(flow, ob, rb)
+                    continue
+                pob, prb, first = seen
+                if ob == pob and rb == prb:
+                    dumping[ident] = seen
+                elif ob < pob or rb < prb:  # the same identity, a new connection
+                    self.totals.reused += 1
+                    dumping[ident] = (ob, rb, now)
+                    self._count_new(flow, ob, rb)
+                else:
+                    dumping[ident] = (ob, rb, first)
+                    pair = (flow.proto, flow.src, flow.dst, flow.dport, flow.reply_src)
+                    if ob != pob:
+                        sent[pair] = sent.get(pair, 0) + ob - pob
+                    if rb != prb:
+                        received[pair] = received.get(pair, 0) + rb - prb
+            self._floor = floor
+
+    def end_dump(self, complete: bool) -> None:
+        """`complete`: the dump was consistent, so what it did not read has left the table. An interrupted dump
+        may have skipped entries: their records stay, so that they are not counted again as new."""
+        with self.lock:
+            dumping = self._dumping
+            if dumping is None:
+                return
+            live = self._live
+            for ident in self._added_during:  # opened (by an event) after the dump passed their place
+                record = live.pop(ident, None)
+                if record is not None:
+                    dumping.setdefault(ident, record)
+            if complete:
+                self.totals.vanished += len(live)
+            else:
+                for ident, record in live.items():
+                    dumping.setdefault(ident, record)
+            self._live = dumping
+            self._dumping = None
+            self._added_during = set()
+            self._gone_during = set()
+            self._baseline_done = True
+            self._trim_candidates()
+            self._heaviest = [
+                HeavyFlow(flow, total, dumping.get(identity(flow), (0, 0, 0))[2]) for total, flow in self._candidates
+            ]
+            self._candidates = []
+
+    # Events.
+
+    def observe_events(self, opened: Iterable[Flow], destroyed: Iterable[Flow], now: int) -> None:
+        """NEW events count openings (they carry no counters); DESTROY events settle an entry's last bytes."""
+        with self.lock:
+            live = self._live
+            dumping = self._dumping
+            for flow in opened:
+                ident = identity(flow)
+                if ident in live or (dumping is not None and ident in dumping):
+                    continue  # a dump read it first
+                live[ident] = (0, 0, now)
+                if dumping is not None:
+                    self._added_during.add(ident)
+                self._count_new(flow, 0, 0)
+            for flow in destroyed:
+                ident = identity(flow)
+                seen = live.pop(ident, None)
+                if dumping is not None:
+                    self._gone_during.add(ident)
+                    seen = dumping.pop(ident, None) or seen
+                ob, rb = flow.orig_bytes, flow.reply_bytes
+                if seen is None:
+                    if not self._baseline_done:
+                        continue  # opened before khan started, or so it must be assumed
+                    self.totals.destroyed_unknown += 1
+                    self._count_new(flow, ob, rb)
+                    continue
+                pob, prb, _ = seen
+                if ob < pob or rb < prb:  # accounting off now, or counters the kernel never had: nothing to add
+                    continue
+                self._add_bytes(flow, ob - pob, rb - prb)
+
+    # Shared.
+
+    def _count_new(self, flow: Flow, orig_bytes: int, reply_bytes: int) -> None:
+        deltas = self._deltas
+        pair = (flow.proto, flow.src, flow.dst, flow.dport, flow.reply_src)
+        deltas.opened[pair] = deltas.opened.get(pair, 0) + 1
+        if flow.reply_src != flow.dst or flow.reply_sport != flow.dport:  # the destination was translated
+            key = (flow.proto, flow.dst, flow.dport, flow.reply_src, flow.reply_sport)
+            deltas.transactions[key] = deltas.transactions.get(key, 0) + 1
+        if orig_bytes or reply_bytes:
+            self._add_bytes(flow, orig_bytes, reply_bytes)
+
+    def _add_bytes(self, flow: Flow, orig_bytes: int, reply_bytes: int) -> None:
+        deltas = self._deltas
+        pair = (flow.proto, flow.src, flow.dst, flow.dport, flow.reply_src)
+        if orig_bytes:
+            deltas.sent[pair] = deltas.sent.get(pair, 0) + orig_bytes
+        if reply_bytes:
+            deltas.received[pair] = deltas.received.get(pair, 0) + reply_bytes
+
+    def _trim_candidates(self) -> int:
+        """Keep the heaviest candidates; the new floor is the lightest kept (0 while there is room)."""
+        candidates = self._candidates
+        candidates.sort(key=lambda pair: pair[0], reverse=True)
+        del candidates[self._heaviest_kept :]
+        self._floor = candidates[-1][0] if len(candidates) >= self._heaviest_kept else 0
+        return self._floor

@@ -1,0 +1,99 @@
+"""Pure: packed addresses -> label values, for one poll: who owns them, how much of them the labels keep
+(--aggregate, --external-cidrs, --external-ips), and from which side this node sees a connection (`seen_from`).
+
+Every address is looked up once per poll, however many entries name it.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from typing import Literal
+
+from khan.inventory.index import Inventory
+from khan.inventory.objects import Owner
+from khan.metrics.outside import OutsidePolicy
+
+Aggregate = Literal["pod", "workload"]
+AGGREGATES: tuple[Aggregate, ...] = ("pod", "workload")
+
+# seen_from: this node hosts the original source; or the source is outside the cluster and this node hosts the
+# destination or the endpoint that answered (the connection came in here); or the source is on another node and
+# this node hosts the destination (that node reports it too, as `source`); or none of these.
+SOURCE, INGRESS, DESTINATION, TRANSIT = "source", "ingress", "destination", "transit"
+# Every connection in the cluster is on exactly one node as one of these: the count-once selector.
+COUNT_ONCE = (SOURCE, INGRESS)
+
+# Types whose owner lives on a node (Owner.node), so that node's table holds their connections.
+_HOSTED_TYPES = frozenset({"pod", "node", "network", "gateway"})
+_LOOPBACK4 = b"\x7f"
+_LOOPBACK6 = bytes(15) + b"\x01"
+
+End = tuple[str, str, str, str, str]  # type, ip, ns, app, name
+
+
+def address_text(packed: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
+
+
+@dataclass(frozen=True)
+class LabelPolicy:
+    """How much of an owner the labels keep; from the flags."""
+
+    outside: OutsidePolicy = field(default_factory=OutsidePolicy)
+    aggregate: Aggregate = "pod"
+
+
+DEFAULT_POLICY = LabelPolicy()
+
+
+class Attributor:
+    """One poll's address -> labels cache over one inventory. Not thread-safe: one per poll."""
+
+    def __init__(self, inventory: Inventory, node: str, policy: LabelPolicy = DEFAULT_POLICY) -> None:
+        self.inventory = inventory
+        self.node = node
+        self.policy = policy
+        self._owners: dict[bytes, Owner] = {}
+        self._ends: dict[bytes, End] = {}
+
+    def owner(self, packed: bytes) -> Owner:
+        owner = self._owners.get(packed)
+        if owner is None:
+            owner = self.inventory.owner(packed)
+            if owner.type == "external":
+                owner = self.policy.outside.owner(packed)
+            self._owners[packed] = owner
+        return owner
+
+    def end(self, packed: bytes) -> End:
+        """The five label values naming one end of a connection."""
+        end = self._ends.get(packed)
+        if end is None:
+            owner = self.owner(packed)
+            ip = address_text(packed)
+            name = owner.name
+            if owner.type == "pod" and self.policy.aggregate == "workload":
+                ip, name = "", owner.workload_name or owner.name
+            elif owner.type == "external" and not self.policy.outside.keep_ips:
+                ip = ""
+            end = (owner.type, ip, owner.ns, owner.app, name)
+            self._ends[packed] = end
+        return end
+
+    def hosted_here(self, packed: bytes) -> bool:
+        """Whether this node hosts the address: its pods, its own addresses, its pod network, loopback."""
+        owner = self.owner(packed)
+        if owner.type in _HOSTED_TYPES:
+            return owner.node == self.node
+        return packed[:1] == _LOOPBACK4 if len(packed) == 4 else packed == _LOOPBACK6
+
+    def seen_from(self, src: bytes, dst: bytes, endpoint: bytes) -> str:
+        if self.hosted_here(src):
+            return SOURCE
+        here = self.hosted_here(dst) or (endpoint != dst and self.hosted_here(endpoint))
+        if not here:
+            return TRANSIT
+        source = self.owner(src)
+        in_cluster = source.type in _HOSTED_TYPES and source.node != ""
+        return DESTINATION if in_cluster else INGRESS

@@ -1,0 +1,132 @@
+"""Pure: the tracker turns dumps and events into openings and byte deltas, each connection counted once whatever
+order the two sources report it in."""
+
+from __future__ import annotations
+
+import socket
+
+from khan.conntrack.decode import Flow
+from khan.counting.tracker import ConnectionTracker, Deltas
+
+CLIENT = socket.inet_aton("10.244.1.10")
+SERVICE = socket.inet_aton("10.96.0.10")
+BACKEND_A = socket.inet_aton("10.244.1.11")
+BACKEND_B = socket.inet_aton("10.244.2.10")
+NOW = 1_800_000_000
+
+
+def entry(
+    ct_id: int, sport: int, sent: int = 0, received: int = 0, endpoint: bytes = BACKEND_A, translated: bool = True
+) -> Flow:
+    dst = SERVICE if translated else endpoint
+    return Flow(2, 6, CLIENT, dst, sport, 80, endpoint, CLIENT, 8080 if translated else 80, sport,
+                0, 3, ct_id, 0, 0, 1, sent, 1, received)  # fmt: skip
+
+
+def dump(tracker: ConnectionTracker, *flows: Flow, complete: bool = True) -> Deltas:
+    tracker.begin_dump()
+    tracker.observe_dump(flows, NOW)
+    tracker.end_dump(complete)
+    return tracker.take()
+
+
+def opened(deltas: Deltas) -> int:
+    return sum(deltas.opened.values())
+
+
+def test_the_first_dump_is_only_a_baseline_then_new_entries_count_with_all_their_bytes() -> None:
+    tracker = ConnectionTracker()
+    assert opened(dump(tracker, entry(1, 40000, 500, 900))) == 0
+    deltas = dump(tracker, entry(1, 40000, 700, 1000), entry(2, 40001, 300, 400))
+    assert opened(deltas) == 1
+    assert sum(deltas.sent.values()) == 200 + 300
+    assert sum(deltas.received.values()) == 100 + 400
+
+
+def test_a_translated_destination_is_a_transaction_of_the_endpoint_that_answered() -> None:
+    tracker = ConnectionTracker()
+    dump(tracker)
+    flows = [entry(1, 40000, endpoint=BACKEND_A), *(entry(i, 40000 + i, endpoint=BACKEND_B) for i in (2, 3))]
+    deltas = dump(tracker, *flows, entry(4, 40003, endpoint=BACKEND_B, translated=False))
+    assert deltas.transactions == {(6, SERVICE, 80, BACKEND_A, 8080): 1, (6, SERVICE, 80, BACKEND_B, 8080): 2}
+    assert opened(deltas) == 4
+
+
+def test_an_identity_that_comes_back_with_lower_counters_is_a_new_connection() -> None:
+    tracker = ConnectionTracker()
+    dump(tracker, entry(1, 40000, 5000, 5000))
+    deltas = dump(tracker, entry(1, 40000, 60, 40))
+    assert opened(deltas) == 1
+    assert sum(deltas.sent.values()) == 60
+    assert tracker.totals.reused == 1
+
+
+def test_ids_shared_by_two_live_entries_stay_apart_by_their_ports() -> None:
+    tracker = ConnectionTracker()
+    dump(tracker)
+    assert opened(dump(tracker, entry(7, 40000), entry(7, 40001))) == 2
+    assert opened(dump(tracker, entry(7, 40000), entry(7, 40001))) == 0
+
+
+def test_entries_gone_from_a_complete_dump_are_forgotten_but_an_interrupted_dump_keeps_them() -> None:
+    tracker = ConnectionTracker()
+    dump(tracker, entry(1, 40000, 10, 10), entry(2, 40001, 10, 10))
+    dump(tracker, entry(1, 40000, 10, 10), complete=False)
+    assert len(tracker) == 2
+    assert opened(dump(tracker, entry(1, 40000, 10, 10), entry(2, 40001, 10, 10))) == 0  # not counted again
+    dump(tracker, entry(1, 40000, 10, 10))
+    assert len(tracker) == 1
+    assert tracker.totals.vanished == 1
+
+
+def test_a_short_connection_seen_only_by_events_counts_once_with_its_final_bytes() -> None:
+    tracker = ConnectionTracker()
+    dump(tracker)
+    tracker.observe_events([entry(9, 41000)], [], NOW)
+    tracker.observe_events([], [entry(9, 41000, 320, 180)], NOW)
+    deltas = tracker.take()
+    assert opened(deltas) == 1
+    assert (sum(deltas.sent.values()), sum(deltas.received.values())) == (320, 180)
+    assert len(tracker) == 0
+
+
+def test_a_dump_and_a_new_event_of_one_connection_count_once_in_either_order() -> None:
+    tracker = ConnectionTracker()
+    dump(tracker)
+    dump(tracker, entry(1, 40000, 100, 50))
+    tracker.observe_events([entry(1, 40000)], [], NOW)  # the event was queued before the dump read the entry
+    tracker.observe_events([entry(2, 40001)], [], NOW)
+    second = dump(tracker, entry(1, 40000, 100, 50), entry(2, 40001, 70, 30))
+    assert opened(second) == 1  # entry 2, from its event; entry 1 only once, from the first dump
+    assert sum(second.sent.values()) == 70
+
+
+def test_events_during_a_dump_neither_double_count_nor_resurrect() -> None:
+    tracker = ConnectionTracker()
+    dump(tracker)
+    tracker.begin_dump()
+    tracker.observe_dump([entry(1, 40000, 100, 100)], NOW)  # read, then destroyed before the dump ends
+    tracker.observe_events([entry(2, 40001)], [entry(1, 40000, 150, 100)], NOW)  # 2 opened after its place passed
+    tracker.observe_dump([entry(3, 40002)], NOW)
+    tracker.end_dump(True)
+    deltas = tracker.take()
+    assert opened(deltas) == 3
+    assert sum(deltas.sent.values()) == 150  # 100 from the dump, 50 more from the DESTROY
+    assert len(tracker) == 2  # 2 (kept although the dump did not read it) and 3; 1 is gone
+
+
+def test_a_destroy_without_its_new_counts_after_the_baseline_but_not_before() -> None:
+    tracker = ConnectionTracker()
+    tracker.observe_events([], [entry(1, 40000, 10, 10)], NOW)  # before the baseline: it may predate khan
+    dump(tracker)
+    tracker.observe_events([], [entry(2, 40001, 10, 10)], NOW)  # its NEW event was lost
+    deltas = tracker.take()
+    assert opened(deltas) == 1
+    assert tracker.totals.destroyed_unknown == 1
+
+
+def test_heaviest_flows_are_kept_heaviest_first_and_bounded() -> None:
+    tracker = ConnectionTracker(heaviest_kept=3)
+    dump(tracker, *(entry(i, 40000 + i, i * 10, i) for i in range(1, 20)))
+    assert [heavy.total_bytes for heavy in tracker.heaviest] == [19 * 11, 18 * 11, 17 * 11]
+    assert all(heavy.first_seen == NOW for heavy in tracker.heaviest)
