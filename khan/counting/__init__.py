@@ -1,0 +1,1 @@
+"""Counting what happens between polls: the connection tracker, cumulative counters and their bounds."""
