@@ -80,6 +80,7 @@ class Agent:
                 self.counting.tracker.observe_events,
                 lambda: self._resync_from_thread(loop),
                 self.settings.netns,
+                self.settings.event_buffer_bytes,
             )
             try:
                 reader.start()

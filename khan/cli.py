@@ -144,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="count from ctnetlink NEW/DESTROY events too; auto: where permitted [KHAN_EVENTS, default auto]",
     )
     agent.add_argument(
+        "--event-buffer",
+        default=env("event-buffer", str(32 * 1024 * 1024)),
+        metavar="BYTES",
+        help="the event socket's receive buffer; events beyond it are lost (counted) and a dump resynchronises "
+        "[KHAN_EVENT_BUFFER, default 33554432]",
+    )
+    agent.add_argument(
         "--enable-accounting",
         action="store_true",
         default=env("enable-accounting", "") in ("1", "true", "yes"),
@@ -176,6 +183,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         raise UsageError(str(exc)) from None
     grace = _seconds(args, "deleted_pod_grace", 120.0, minimum=0.0)
     counter_ttl = _seconds(args, "counter_ttl", 900.0, minimum=1.0)
+    raw_buffer = str(getattr(args, "event_buffer", 32 * 1024 * 1024))
+    if not raw_buffer.isdigit() or not 4096 <= int(raw_buffer) <= 1 << 30:
+        raise UsageError(f"--event-buffer must be a number of bytes from 4096 to 1073741824, got {raw_buffer!r}")
     raw_max = getattr(args, "max_series", "10000")
     if not str(raw_max).isdigit() or int(raw_max) < MIN_SERIES:
         raise UsageError(f"--max-series must be a whole number of at least {MIN_SERIES}, got {raw_max!r}")
@@ -196,6 +206,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         max_series=int(raw_max),
         counter_ttl_seconds=counter_ttl,
         events=getattr(args, "events", "auto"),
+        event_buffer_bytes=int(raw_buffer),
         enable_accounting=getattr(args, "enable_accounting", False),
     )
 

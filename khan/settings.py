@@ -49,5 +49,7 @@ class Settings:
     counter_ttl_seconds: float = 900.0
     # ctnetlink NEW/DESTROY events: auto subscribes where permitted (CAP_NET_ADMIN) and falls back to dumps.
     events: EventsMode = "auto"
+    # The event socket's buffer: 32 MiB holds about 30,000 events, several seconds of a busy node's churn.
+    event_buffer_bytes: int = 32 * 1024 * 1024
     # Turn nf_conntrack_acct on at start when it is off (byte counters need it). Never done unless asked.
     enable_accounting: bool = False

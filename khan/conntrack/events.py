@@ -62,7 +62,7 @@ def _meminfo_drops(sock: socket.socket) -> int | None:
     return drops
 
 
-def open_event_socket() -> socket.socket:
+def open_event_socket(buffer_bytes: int = EVENT_RCVBUF_BYTES) -> socket.socket:
     """A socket subscribed to NEW and DESTROY events of the calling thread's namespace. Raises ConntrackError."""
     try:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
@@ -70,9 +70,9 @@ def open_event_socket() -> socket.socket:
         raise ConntrackError(exc.errno or errno.EPROTONOSUPPORT, describe_error(exc.errno or 0)) from exc
     try:
         try:
-            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, EVENT_RCVBUF_BYTES)
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, buffer_bytes)
         except OSError:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, EVENT_RCVBUF_BYTES)  # capped at rmem_max
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer_bytes)  # capped at rmem_max
         sock.bind((0, EVENT_GROUPS))
     except OSError as exc:
         sock.close()
@@ -88,8 +88,15 @@ class EventReader:
     """A thread that reads events and hands them to `handle` in batches; `on_overflow` is called (from the
     thread) after every ENOBUFS. Never raises out of the thread: an error is logged and reading goes on."""
 
-    def __init__(self, handle: Handler, on_overflow: Callable[[], None], netns: str | None = None) -> None:
+    def __init__(
+        self,
+        handle: Handler,
+        on_overflow: Callable[[], None],
+        netns: str | None = None,
+        buffer_bytes: int = EVENT_RCVBUF_BYTES,
+    ) -> None:
         self.stats = EventStats()
+        self._buffer_bytes = buffer_bytes
         self._handle = handle
         self._on_overflow = on_overflow
         self._netns = netns
@@ -101,7 +108,7 @@ class EventReader:
     def start(self) -> None:
         """Subscribe (in the reader's namespace) and start reading. Raises ConntrackError if not permitted."""
         with entered(self._netns):
-            self._sock = open_event_socket()
+            self._sock = open_event_socket(self._buffer_bytes)
         self._sock.setblocking(False)
         self._drops_at_start = _meminfo_drops(self._sock) or 0
         self._thread = threading.Thread(target=self._run, name="khan-events", daemon=True)

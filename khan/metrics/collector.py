@@ -112,7 +112,7 @@ def _counter_families(counters: CounterView) -> Iterator[Metric]:
 class KhanCollector(Collector):
     """Reads whatever Health the poller swapped in last; a scrape never waits for a poll."""
 
-    def __init__(self, current: Callable[[], Health], events: Callable[[], EventReader | None] = lambda: None) -> None:
+    def __init__(self, current: Callable[[], Health], events: Callable[[], EventStats | None] = lambda: None) -> None:
         self._current = current
         self._events = events
 
