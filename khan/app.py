@@ -112,6 +112,7 @@ class Agent:
             log.warning("events_off_in_kernel", sysctl="net.netfilter.nf_conntrack_events=0", counting="dumps only")
 
     def _resync_from_thread(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.counting.tracker.mark_loss()
         if self._resync is not None:
             loop.call_soon_threadsafe(self._resync.set)
 

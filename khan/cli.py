@@ -184,10 +184,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
     grace = _seconds(args, "deleted_pod_grace", 120.0, minimum=0.0)
     counter_ttl = _seconds(args, "counter_ttl", 900.0, minimum=1.0)
     raw_buffer = str(getattr(args, "event_buffer", 32 * 1024 * 1024))
-    if not raw_buffer.isdigit() or not 4096 <= int(raw_buffer) <= 1 << 30:
+    if not (raw_buffer.isascii() and raw_buffer.isdigit()) or not 4096 <= int(raw_buffer) <= 1 << 30:
         raise UsageError(f"--event-buffer must be a number of bytes from 4096 to 1073741824, got {raw_buffer!r}")
     raw_max = getattr(args, "max_series", "10000")
-    if not str(raw_max).isdigit() or int(raw_max) < MIN_SERIES:
+    if not (str(raw_max).isascii() and str(raw_max).isdigit()) or int(raw_max) < MIN_SERIES:
         raise UsageError(f"--max-series must be a whole number of at least {MIN_SERIES}, got {raw_max!r}")
     watch_timeout = _seconds(args, "watch_timeout", 300.0, minimum=1.0)
     return Settings(

@@ -65,7 +65,7 @@ def make_app(endpoints: Endpoints) -> web.Application:
 
     async def flows(request: web.Request) -> web.Response:
         raw = request.query.get("limit", str(DEFAULT_FLOWS_LIMIT))
-        if not raw.isdigit() or not 1 <= int(raw) <= MAX_FLOWS_LIMIT:
+        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_FLOWS_LIMIT:
             return web.json_response(
                 {"error": f"limit must be a whole number from 1 to {MAX_FLOWS_LIMIT}, got {raw!r}"}, status=400
             )

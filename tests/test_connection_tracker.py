@@ -76,6 +76,7 @@ def test_entries_gone_from_a_complete_dump_are_forgotten_but_an_interrupted_dump
     assert opened(dump(tracker, entry(1, 40000, 10, 10), entry(2, 40001, 10, 10))) == 0  # not counted again
     dump(tracker, entry(1, 40000, 10, 10))
     assert len(tracker) == 1
+    dump(tracker, entry(1, 40000, 10, 10))  # and no DESTROY came for it in between
     assert tracker.totals.vanished == 1
 
 
@@ -115,14 +116,32 @@ def test_events_during_a_dump_neither_double_count_nor_resurrect() -> None:
     assert len(tracker) == 2  # 2 (kept although the dump did not read it) and 3; 1 is gone
 
 
-def test_a_destroy_without_its_new_counts_after_the_baseline_but_not_before() -> None:
+def test_a_destroy_of_an_unknown_entry_counts_only_while_events_are_being_lost() -> None:
     tracker = ConnectionTracker()
     tracker.observe_events([], [entry(1, 40000, 10, 10)], NOW)  # before the baseline: it may predate khan
     dump(tracker)
-    tracker.observe_events([], [entry(2, 40001, 10, 10)], NOW)  # its NEW event was lost
-    deltas = tracker.take()
-    assert opened(deltas) == 1
+    tracker.observe_events([], [entry(2, 40001, 10, 10)], NOW)  # no loss: it expired unseen (a dump evicted it)
+    assert opened(tracker.take()) == 0
+    tracker.mark_loss()
+    tracker.observe_events([], [entry(3, 40002, 10, 10)], NOW)  # its NEW event was among the lost ones
+    assert opened(tracker.take()) == 1
     assert tracker.totals.destroyed_unknown == 1
+    dump(tracker)  # the resync: the loss window is closed
+    tracker.observe_events([], [entry(4, 40003, 10, 10)], NOW)
+    assert opened(tracker.take()) == 0
+
+
+def test_a_destroy_just_after_the_dump_that_missed_its_entry_settles_the_last_bytes() -> None:
+    tracker = ConnectionTracker()
+    dump(tracker)
+    dump(tracker, entry(1, 40000, 100, 100))  # opened
+    dump(tracker)  # expired: the dump evicts it, so it is not listed, and its DESTROY follows
+    tracker.observe_events([], [entry(1, 40000, 130, 160)], NOW)
+    deltas = tracker.take()
+    assert opened(deltas) == 0
+    assert (sum(deltas.sent.values()), sum(deltas.received.values())) == (30, 60)
+    dump(tracker)
+    assert tracker.totals.vanished == 0  # it had its DESTROY
 
 
 def test_heaviest_flows_are_kept_heaviest_first_and_bounded() -> None:

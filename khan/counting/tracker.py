@@ -54,9 +54,9 @@ class Deltas:
 class TrackerTotals:
     """Since start: how the state was kept, for khan's own metrics."""
 
-    vanished: int = 0  # entries gone from a dump with no DESTROY seen: their last bytes are unknown
+    vanished: int = 0  # entries gone from the table with no DESTROY seen: their last bytes are unknown
     reused: int = 0  # ids that came back for a new connection between two looks
-    destroyed_unknown: int = 0  # DESTROY events for entries never seen (their NEW was lost): counted then
+    destroyed_unknown: int = 0  # DESTROY events for entries never seen, after lost events: counted then
 
 
 def identity(flow: Flow) -> int:
@@ -71,7 +71,14 @@ class ConnectionTracker:
         self.lock = threading.Lock()
         self.totals = TrackerTotals()
         self._live: dict[int, Record] = {}
+        # Entries the last complete dump did not find. A dump evicts expired entries itself, so their DESTROY
+        # events arrive just after it: they settle the last bytes here instead of counting as unknown.
+        self._vanished: dict[int, Record] = {}
         self._baseline_done = False
+        # Events were lost and no complete dump has begun since: a DESTROY of an unknown entry may then be a
+        # connection whose NEW was lost. Otherwise it is one that predates khan, or that a dump saw expire.
+        self._lossy = False
+        self._loss_during_dump = False
         self._deltas = Deltas()
         # While a dump runs: the records it has read, and what events did meanwhile.
         self._dumping: dict[int, Record] | None = None
@@ -105,6 +112,13 @@ class ConnectionTracker:
             self._gone_during = set()
             self._candidates = []
             self._floor = 0
+            self._loss_during_dump = False
+
+    def mark_loss(self) -> None:
+        """Events were dropped (ENOBUFS); the caller resynchronises with a dump."""
+        with self.lock:
+            self._lossy = True
+            self._loss_during_dump = self._dumping is not None
 
     def observe_dump(self, batch: Iterable[Flow], now: int) -> None:
         """One received batch of the dump under way. This runs once per entry: keep it lean."""
@@ -163,7 +177,10 @@ class ConnectionTracker:
                 if record is not None:
                     dumping.setdefault(ident, record)
             if complete:
-                self.totals.vanished += len(live)
+                self.totals.vanished += len(self._vanished)  # no DESTROY came for them since the last dump
+                self._vanished = live
+                if not self._loss_during_dump:
+                    self._lossy = False
             else:
                 for ident, record in live.items():
                     dumping.setdefault(ident, record)
@@ -195,16 +212,15 @@ class ConnectionTracker:
                 self._count_new(flow, 0, 0)
             for flow in destroyed:
                 ident = identity(flow)
-                seen = live.pop(ident, None)
+                seen = live.pop(ident, None) or self._vanished.pop(ident, None)
                 if dumping is not None:
                     self._gone_during.add(ident)
                     seen = dumping.pop(ident, None) or seen
                 ob, rb = flow.orig_bytes, flow.reply_bytes
                 if seen is None:
-                    if not self._baseline_done:
-                        continue  # opened before khan started, or so it must be assumed
-                    self.totals.destroyed_unknown += 1
-                    self._count_new(flow, ob, rb)
+                    if self._lossy and self._baseline_done:  # its NEW event was among the lost ones
+                        self.totals.destroyed_unknown += 1
+                        self._count_new(flow, ob, rb)
                     continue
                 pob, prb, _ = seen
                 if ob < pob or rb < prb:  # accounting off now, or counters the kernel never had: nothing to add
