@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 
 from khan.conntrack.decode import Flow
+from khan.conntrack.events import Event
 from khan.counting.tracker import ConnectionTracker, Deltas
 
 CLIENT = socket.inet_aton("10.244.1.10")
@@ -30,15 +31,23 @@ def dump(tracker: ConnectionTracker, *flows: Flow, complete: bool = True) -> Del
     return tracker.take()
 
 
-def opened(deltas: Deltas) -> int:
+def new(*flows: Flow) -> list[Event]:
+    return [Event(True, flow) for flow in flows]
+
+
+def gone(*flows: Flow) -> list[Event]:
+    return [Event(False, flow) for flow in flows]
+
+
+def opened_count(deltas: Deltas) -> int:
     return sum(deltas.opened.values())
 
 
 def test_the_first_dump_is_only_a_baseline_then_new_entries_count_with_all_their_bytes() -> None:
     tracker = ConnectionTracker()
-    assert opened(dump(tracker, entry(1, 40000, 500, 900))) == 0
+    assert opened_count(dump(tracker, entry(1, 40000, 500, 900))) == 0
     deltas = dump(tracker, entry(1, 40000, 700, 1000), entry(2, 40001, 300, 400))
-    assert opened(deltas) == 1
+    assert opened_count(deltas) == 1
     assert sum(deltas.sent.values()) == 200 + 300
     assert sum(deltas.received.values()) == 100 + 400
 
@@ -49,14 +58,14 @@ def test_a_translated_destination_is_a_transaction_of_the_endpoint_that_answered
     flows = [entry(1, 40000, endpoint=BACKEND_A), *(entry(i, 40000 + i, endpoint=BACKEND_B) for i in (2, 3))]
     deltas = dump(tracker, *flows, entry(4, 40003, endpoint=BACKEND_B, translated=False))
     assert deltas.transactions == {(6, SERVICE, 80, BACKEND_A, 8080): 1, (6, SERVICE, 80, BACKEND_B, 8080): 2}
-    assert opened(deltas) == 4
+    assert opened_count(deltas) == 4
 
 
 def test_an_identity_that_comes_back_with_lower_counters_is_a_new_connection() -> None:
     tracker = ConnectionTracker()
     dump(tracker, entry(1, 40000, 5000, 5000))
     deltas = dump(tracker, entry(1, 40000, 60, 40))
-    assert opened(deltas) == 1
+    assert opened_count(deltas) == 1
     assert sum(deltas.sent.values()) == 60
     assert tracker.totals.reused == 1
 
@@ -64,8 +73,8 @@ def test_an_identity_that_comes_back_with_lower_counters_is_a_new_connection() -
 def test_ids_shared_by_two_live_entries_stay_apart_by_their_ports() -> None:
     tracker = ConnectionTracker()
     dump(tracker)
-    assert opened(dump(tracker, entry(7, 40000), entry(7, 40001))) == 2
-    assert opened(dump(tracker, entry(7, 40000), entry(7, 40001))) == 0
+    assert opened_count(dump(tracker, entry(7, 40000), entry(7, 40001))) == 2
+    assert opened_count(dump(tracker, entry(7, 40000), entry(7, 40001))) == 0
 
 
 def test_entries_gone_from_a_complete_dump_are_forgotten_but_an_interrupted_dump_keeps_them() -> None:
@@ -73,7 +82,7 @@ def test_entries_gone_from_a_complete_dump_are_forgotten_but_an_interrupted_dump
     dump(tracker, entry(1, 40000, 10, 10), entry(2, 40001, 10, 10))
     dump(tracker, entry(1, 40000, 10, 10), complete=False)
     assert len(tracker) == 2
-    assert opened(dump(tracker, entry(1, 40000, 10, 10), entry(2, 40001, 10, 10))) == 0  # not counted again
+    assert opened_count(dump(tracker, entry(1, 40000, 10, 10), entry(2, 40001, 10, 10))) == 0  # not counted again
     dump(tracker, entry(1, 40000, 10, 10))
     assert len(tracker) == 1
     dump(tracker, entry(1, 40000, 10, 10))  # and no DESTROY came for it in between
@@ -83,10 +92,10 @@ def test_entries_gone_from_a_complete_dump_are_forgotten_but_an_interrupted_dump
 def test_a_short_connection_seen_only_by_events_counts_once_with_its_final_bytes() -> None:
     tracker = ConnectionTracker()
     dump(tracker)
-    tracker.observe_events([entry(9, 41000)], [], NOW)
-    tracker.observe_events([], [entry(9, 41000, 320, 180)], NOW)
+    tracker.observe_events(new(entry(9, 41000)), NOW)
+    tracker.observe_events(gone(entry(9, 41000, 320, 180)), NOW)
     deltas = tracker.take()
-    assert opened(deltas) == 1
+    assert opened_count(deltas) == 1
     assert (sum(deltas.sent.values()), sum(deltas.received.values())) == (320, 180)
     assert len(tracker) == 0
 
@@ -95,10 +104,10 @@ def test_a_dump_and_a_new_event_of_one_connection_count_once_in_either_order() -
     tracker = ConnectionTracker()
     dump(tracker)
     dump(tracker, entry(1, 40000, 100, 50))
-    tracker.observe_events([entry(1, 40000)], [], NOW)  # the event was queued before the dump read the entry
-    tracker.observe_events([entry(2, 40001)], [], NOW)
+    tracker.observe_events(new(entry(1, 40000)), NOW)  # the event was queued before the dump read the entry
+    tracker.observe_events(new(entry(2, 40001)), NOW)
     second = dump(tracker, entry(1, 40000, 100, 50), entry(2, 40001, 70, 30))
-    assert opened(second) == 1  # entry 2, from its event; entry 1 only once, from the first dump
+    assert opened_count(second) == 1  # entry 2, from its event; entry 1 only once, from the first dump
     assert sum(second.sent.values()) == 70
 
 
@@ -107,28 +116,28 @@ def test_events_during_a_dump_neither_double_count_nor_resurrect() -> None:
     dump(tracker)
     tracker.begin_dump()
     tracker.observe_dump([entry(1, 40000, 100, 100)], NOW)  # read, then destroyed before the dump ends
-    tracker.observe_events([entry(2, 40001)], [entry(1, 40000, 150, 100)], NOW)  # 2 opened after its place passed
+    tracker.observe_events([*new(entry(2, 40001)), *gone(entry(1, 40000, 150, 100))], NOW)  # 2: after its place
     tracker.observe_dump([entry(3, 40002)], NOW)
     tracker.end_dump(True)
     deltas = tracker.take()
-    assert opened(deltas) == 3
+    assert opened_count(deltas) == 3
     assert sum(deltas.sent.values()) == 150  # 100 from the dump, 50 more from the DESTROY
     assert len(tracker) == 2  # 2 (kept although the dump did not read it) and 3; 1 is gone
 
 
 def test_a_destroy_of_an_unknown_entry_counts_only_while_events_are_being_lost() -> None:
     tracker = ConnectionTracker()
-    tracker.observe_events([], [entry(1, 40000, 10, 10)], NOW)  # before the baseline: it may predate khan
+    tracker.observe_events(gone(entry(1, 40000, 10, 10)), NOW)  # before the baseline: it may predate khan
     dump(tracker)
-    tracker.observe_events([], [entry(2, 40001, 10, 10)], NOW)  # no loss: it expired unseen (a dump evicted it)
-    assert opened(tracker.take()) == 0
+    tracker.observe_events(gone(entry(2, 40001, 10, 10)), NOW)  # no loss: it expired unseen (a dump evicted it)
+    assert opened_count(tracker.take()) == 0
     tracker.mark_loss()
-    tracker.observe_events([], [entry(3, 40002, 10, 10)], NOW)  # its NEW event was among the lost ones
-    assert opened(tracker.take()) == 1
+    tracker.observe_events(gone(entry(3, 40002, 10, 10)), NOW)  # its NEW event was among the lost ones
+    assert opened_count(tracker.take()) == 1
     assert tracker.totals.destroyed_unknown == 1
     dump(tracker)  # the resync: the loss window is closed
-    tracker.observe_events([], [entry(4, 40003, 10, 10)], NOW)
-    assert opened(tracker.take()) == 0
+    tracker.observe_events(gone(entry(4, 40003, 10, 10)), NOW)
+    assert opened_count(tracker.take()) == 0
 
 
 def test_a_destroy_just_after_the_dump_that_missed_its_entry_settles_the_last_bytes() -> None:
@@ -136,9 +145,9 @@ def test_a_destroy_just_after_the_dump_that_missed_its_entry_settles_the_last_by
     dump(tracker)
     dump(tracker, entry(1, 40000, 100, 100))  # opened
     dump(tracker)  # expired: the dump evicts it, so it is not listed, and its DESTROY follows
-    tracker.observe_events([], [entry(1, 40000, 130, 160)], NOW)
+    tracker.observe_events(gone(entry(1, 40000, 130, 160)), NOW)
     deltas = tracker.take()
-    assert opened(deltas) == 0
+    assert opened_count(deltas) == 0
     assert (sum(deltas.sent.values()), sum(deltas.received.values())) == (30, 60)
     dump(tracker)
     assert tracker.totals.vanished == 0  # it had its DESTROY
@@ -149,3 +158,14 @@ def test_heaviest_flows_are_kept_heaviest_first_and_bounded() -> None:
     dump(tracker, *(entry(i, 40000 + i, i * 10, i) for i in range(1, 20)))
     assert [heavy.total_bytes for heavy in tracker.heaviest] == [19 * 11, 18 * 11, 17 * 11]
     assert all(heavy.first_seen == NOW for heavy in tracker.heaviest)
+
+
+def test_a_slot_reused_for_the_same_tuple_counts_both_connections_in_event_order() -> None:
+    tracker = ConnectionTracker()
+    dump(tracker)
+    tracker.observe_events(new(entry(5, 40000)), NOW)
+    # A SYN reopening the TIME_WAIT entry: the kernel destroys it and creates one with the same id and tuple.
+    tracker.observe_events([*gone(entry(5, 40000, 300, 200)), *new(entry(5, 40000))], NOW)
+    deltas = tracker.take()
+    assert opened_count(deltas) == 2
+    assert len(tracker) == 1

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import structlog
 
@@ -38,6 +39,13 @@ SK_MEMINFO_DROPS = 8
 EVENT_RCVBUF_BYTES = 32 * 1024 * 1024
 RECEIVE_BYTES = 64 * 1024
 BATCH_MESSAGES = 512  # events handed over at once: fewer lock round trips under load, little delay when quiet
+
+
+class Event(NamedTuple):
+    """One event. Order matters: a reused slot gives DESTROY then NEW of one id (a SYN reopening TIME_WAIT)."""
+
+    opened: bool  # NEW; else DESTROY
+    flow: Flow
 
 
 @dataclass
@@ -81,7 +89,7 @@ def open_event_socket(buffer_bytes: int = EVENT_RCVBUF_BYTES) -> socket.socket:
     return sock
 
 
-Handler = Callable[[list[Flow], list[Flow], int], None]  # (opened, destroyed, unix seconds)
+Handler = Callable[[list[Event], int], None]  # (events in arrival order, unix seconds)
 
 
 class EventReader:
@@ -135,20 +143,20 @@ class EventReader:
         while not self._stopping.is_set():
             if not readable.poll(250):  # milliseconds: how soon stop() is noticed
                 continue
-            opened: list[Flow] = []
-            destroyed: list[Flow] = []
+            events: list[Event] = []
             overflowed = False
             try:
-                overflowed = self._receive(sock, buf, templates, opened, destroyed)
+                overflowed = self._receive(sock, buf, templates, events)
             except Exception as exc:  # a bug or an odd kernel must not end event counting for good
                 log.exception("event_read_failed", error=repr(exc))
                 time.sleep(1.0)
             stats = self.stats
-            stats.new += len(opened)
-            stats.destroy += len(destroyed)
-            if opened or destroyed:
+            opened = sum(1 for event in events if event.opened)
+            stats.new += opened
+            stats.destroy += len(events) - opened
+            if events:
                 try:
-                    self._handle(opened, destroyed, int(time.time()))
+                    self._handle(events, int(time.time()))
                 except Exception as exc:
                     log.exception("event_handling_failed", error=repr(exc))
             if overflowed:
@@ -163,8 +171,7 @@ class EventReader:
         sock: socket.socket,
         buf: bytearray,
         templates: dict[int, list[Template]],
-        opened: list[Flow],
-        destroyed: list[Flow],
+        events: list[Event],
     ) -> bool:
         """Drain what is queued, up to a batch. True after ENOBUFS."""
         for _ in range(BATCH_MESSAGES):
@@ -176,6 +183,11 @@ class EventReader:
                 if exc.errno == errno.ENOBUFS:
                     return True
                 raise
+            opened: list[Flow] = []
+            destroyed: list[Flow] = []
             result = decode_chunk(buf, length, opened, templates, destroyed)
             self.stats.malformed += result.malformed
+            # One event per message, one message per read: the two lists keep the order of the stream.
+            events.extend(Event(True, flow) for flow in opened)
+            events.extend(Event(False, flow) for flow in destroyed)
         return False

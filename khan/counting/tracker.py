@@ -17,9 +17,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from operator import attrgetter, itemgetter
 from typing import NamedTuple
 
 from khan.conntrack.decode import Flow
+from khan.conntrack.events import Event
 
 # What a counter series is made from: protocol, original source and destination, destination port, and the
 # endpoint that answered (the reply's source: the destination itself unless it was translated).
@@ -57,6 +59,9 @@ class TrackerTotals:
     vanished: int = 0  # entries gone from the table with no DESTROY seen: their last bytes are unknown
     reused: int = 0  # ids that came back for a new connection between two looks
     destroyed_unknown: int = 0  # DESTROY events for entries never seen, after lost events: counted then
+
+
+_DUMP_FIELDS = attrgetter("id", "sport", "dport", "orig_bytes", "reply_bytes")  # one C call per entry
 
 
 def identity(flow: Flow) -> int:
@@ -111,7 +116,7 @@ class ConnectionTracker:
             self._added_during = set()
             self._gone_during = set()
             self._candidates = []
-            self._floor = 0
+            self._floor = -1  # every entry is a candidate until there are twice as many as kept
             self._loss_during_dump = False
 
     def mark_loss(self) -> None:
@@ -131,31 +136,30 @@ class ConnectionTracker:
             counting = self._baseline_done
             deltas = self._deltas
             sent, received = deltas.sent, deltas.received
-            candidates, floor, kept = self._candidates, self._floor, self._heaviest_kept
+            candidates, floor, crowded = self._candidates, self._floor, 2 * self._heaviest_kept
+            fields = _DUMP_FIELDS
             for flow in batch:
-                ident = flow.id | flow.sport << 32 | flow.dport << 48
-                ob, rb = flow.orig_bytes, flow.reply_bytes
-                total = ob + rb
-                if total > floor or len(candidates) < kept:
-                    candidates.append((total, flow))
-                    if len(candidates) >= 2 * kept:
+                ct_id, sport, dport, ob, rb = fields(flow)
+                ident = ct_id | sport << 32 | dport << 48
+                if ob + rb > floor:  # one of the heaviest so far (for /flows)
+                    candidates.append((ob + rb, flow))
+                    if len(candidates) >= crowded:
                         floor = self._trim_candidates()
                 seen = live_pop(ident, None)
-                if seen is None:
+                if seen is not None and seen[0] == ob and seen[1] == rb:  # most entries: idle since the last look
+                    dumping[ident] = seen
+                elif seen is None:
                     if ident in gone or ident in dumping:  # destroyed after the dump read it, or read twice
                         continue
                     dumping[ident] = (ob, rb, now)
                     if counting:
                         self._count_new(flow, ob, rb)
-                    continue
-                pob, prb, first = seen
-                if ob == pob and rb == prb:
-                    dumping[ident] = seen
-                elif ob < pob or rb < prb:  # the same identity, a new connection
+                elif ob < seen[0] or rb < seen[1]:  # the same identity, a new connection
                     self.totals.reused += 1
                     dumping[ident] = (ob, rb, now)
                     self._count_new(flow, ob, rb)
                 else:
+                    pob, prb, first = seen
                     dumping[ident] = (ob, rb, first)
                     pair = (flow.proto, flow.src, flow.dst, flow.dport, flow.reply_src)
                     if ob != pob:
@@ -197,35 +201,41 @@ class ConnectionTracker:
 
     # Events.
 
-    def observe_events(self, opened: Iterable[Flow], destroyed: Iterable[Flow], now: int) -> None:
-        """NEW events count openings (they carry no counters); DESTROY events settle an entry's last bytes."""
+    def observe_events(self, events: Iterable[Event], now: int) -> None:
+        """In arrival order: NEW events count openings (they carry no counters); DESTROY events settle an
+        entry's last bytes."""
         with self.lock:
-            live = self._live
-            dumping = self._dumping
-            for flow in opened:
-                ident = identity(flow)
-                if ident in live or (dumping is not None and ident in dumping):
-                    continue  # a dump read it first
-                live[ident] = (0, 0, now)
-                if dumping is not None:
-                    self._added_during.add(ident)
-                self._count_new(flow, 0, 0)
-            for flow in destroyed:
-                ident = identity(flow)
-                seen = live.pop(ident, None) or self._vanished.pop(ident, None)
-                if dumping is not None:
-                    self._gone_during.add(ident)
-                    seen = dumping.pop(ident, None) or seen
-                ob, rb = flow.orig_bytes, flow.reply_bytes
-                if seen is None:
-                    if self._lossy and self._baseline_done:  # its NEW event was among the lost ones
-                        self.totals.destroyed_unknown += 1
-                        self._count_new(flow, ob, rb)
-                    continue
-                pob, prb, _ = seen
-                if ob < pob or rb < prb:  # accounting off now, or counters the kernel never had: nothing to add
-                    continue
-                self._add_bytes(flow, ob - pob, rb - prb)
+            for opened, flow in events:
+                if opened:
+                    self._on_new(flow, now)
+                else:
+                    self._on_destroy(flow)
+
+    def _on_new(self, flow: Flow, now: int) -> None:
+        ident = identity(flow)
+        dumping = self._dumping
+        if ident in self._live or (dumping is not None and ident in dumping):
+            return  # a dump read it first
+        self._live[ident] = (0, 0, now)
+        if dumping is not None:
+            self._added_during.add(ident)
+        self._count_new(flow, 0, 0)
+
+    def _on_destroy(self, flow: Flow) -> None:
+        ident = identity(flow)
+        seen = self._live.pop(ident, None) or self._vanished.pop(ident, None)
+        if self._dumping is not None:
+            self._gone_during.add(ident)
+            seen = self._dumping.pop(ident, None) or seen
+        ob, rb = flow.orig_bytes, flow.reply_bytes
+        if seen is None:
+            if self._lossy and self._baseline_done:  # its NEW event was among the lost ones
+                self.totals.destroyed_unknown += 1
+                self._count_new(flow, ob, rb)
+            return
+        pob, prb, _ = seen
+        if ob >= pob and rb >= prb:  # lower: accounting turned off, or counters the kernel never had
+            self._add_bytes(flow, ob - pob, rb - prb)
 
     # Shared.
 
@@ -248,9 +258,9 @@ class ConnectionTracker:
             deltas.received[pair] = deltas.received.get(pair, 0) + reply_bytes
 
     def _trim_candidates(self) -> int:
-        """Keep the heaviest candidates; the new floor is the lightest kept (0 while there is room)."""
+        """Keep the heaviest candidates; the new floor is the lightest kept (-1 while there is room)."""
         candidates = self._candidates
-        candidates.sort(key=lambda pair: pair[0], reverse=True)
+        candidates.sort(key=itemgetter(0), reverse=True)
         del candidates[self._heaviest_kept :]
-        self._floor = candidates[-1][0] if len(candidates) >= self._heaviest_kept else 0
+        self._floor = candidates[-1][0] if candidates and len(candidates) >= self._heaviest_kept else -1
         return self._floor
