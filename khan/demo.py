@@ -41,12 +41,12 @@ async def _serve(agent: Agent, lab: Lab, url: str) -> None:
     async def announce() -> None:
         while agent.health.last is None:
             await asyncio.sleep(0.1)
-        print("\nkhan_connection series on node1 (src -> dst):")
+        print("\nkhan_connection series on node1 (src -> dst, port, transport, state, seen_from, count):")
         for labels, count in sorted(agent.health.last.connections.items()):
-            _, s_type, s_ip, s_ns, _, s_name, d_type, d_ip, d_ns, _, d_name, port, transport, state, _ = labels
+            _, s_type, s_ip, s_ns, _, s_name, d_type, d_ip, d_ns, _, d_name, port, transport, state, seen_from = labels
             source = f"{s_type} {s_ns + '/' if s_ns else ''}{s_name or s_ip}"
             target = f"{d_type} {d_ns + '/' if d_ns else ''}{d_name or d_ip}"
-            print(f"  {source:28} -> {target:28} {port or '-':>5} {transport:6} {state:12} {count}")
+            print(f"  {source:28} -> {target:28} {port or '-':>5} {transport:6} {state:12} {seen_from:11} {count}")
         print(f"\nmetrics: {url}   (curl -s {url} | grep khan_connection)")
         print("Ctrl-C stops the agent and removes the lab.")
 
