@@ -169,3 +169,18 @@ def test_a_slot_reused_for_the_same_tuple_counts_both_connections_in_event_order
     deltas = tracker.take()
     assert opened_count(deltas) == 2
     assert len(tracker) == 1
+
+
+def test_a_stale_dump_copy_of_an_entry_destroyed_and_reopened_meanwhile_changes_nothing() -> None:
+    tracker = ConnectionTracker()
+    dump(tracker)
+    dump(tracker, entry(5, 40000, 100, 100))  # opened
+    tracker.begin_dump()  # the dump copies entry 5 (100 bytes) into a batch ...
+    tracker.observe_events([*gone(entry(5, 40000, 150, 100)), *new(entry(5, 40000))], NOW)  # ... then it reopens
+    tracker.observe_dump([entry(5, 40000, 100, 100)], NOW)  # ... and only then is the batch handled
+    tracker.end_dump(True)
+    deltas = tracker.take()
+    assert opened_count(deltas) == 1  # the reopened one
+    assert sum(deltas.sent.values()) == 50  # the first one's last bytes, once
+    later = dump(tracker, entry(5, 40000, 30, 20))
+    assert (opened_count(later), sum(later.sent.values())) == (0, 30)

@@ -145,11 +145,13 @@ class ConnectionTracker:
                     candidates.append((ob + rb, flow))
                     if len(candidates) >= crowded:
                         floor = self._trim_candidates()
+                if ident in gone:  # destroyed after the dump read it: a stale copy (a NEW may have reused the id)
+                    continue
                 seen = live_pop(ident, None)
                 if seen is not None and seen[0] == ob and seen[1] == rb:  # most entries: idle since the last look
                     dumping[ident] = seen
                 elif seen is None:
-                    if ident in gone or ident in dumping:  # destroyed after the dump read it, or read twice
+                    if ident in dumping:  # read twice
                         continue
                     dumping[ident] = (ob, rb, now)
                     if counting:
