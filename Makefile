@@ -47,6 +47,7 @@ demo: deps
 bench: deps apiserver
 	$(BIN)/python benchmarks/snapshot_vs_conntrack.py
 	$(BIN)/python benchmarks/inventory_scale.py
+	$(BIN)/python benchmarks/churn.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

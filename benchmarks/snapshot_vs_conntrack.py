@@ -3,26 +3,38 @@
 Fills a private network namespace's table with 262,144 UDP flows (many client ports, a few dozen destinations,
 a few ports), then alternates `conntrack -L > /dev/null` and `khan snapshot > /dev/null` inside it and reports
 medians of wall time and peak RSS, checks that khan counted every entry, and times the agent's own poll
-(imports excluded). Run as root. Everything it makes is removed on exit.
+(imports excluded): plain, and with counters and aggregation on as the agent runs them (a Counting tracker,
+--aggregate workload, --max-series 10000; the first such poll is the tracker's baseline, later ones are timed).
+Also reports what the tracker's state of a full table costs in memory (RSS growth, and tracemalloc of one fresh
+tracker). Run as root. Everything it makes is removed on exit.
 """
 
 from __future__ import annotations
 
+import gc
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import time
+import tracemalloc
+from dataclasses import dataclass
 from pathlib import Path
 
-from khan.inventory.index import build_inventory
+from khan.counting.counters import Counting
+from khan.inventory.index import Inventory, build_inventory
 from khan.lab import FILL_DESTINATIONS, FILL_PORTS, FILL_SOURCES, fill_udp_flows, table_namespace
+from khan.metrics.labels import LabelPolicy
 from khan.poll import poll
 
 FLOWS = 262_144
 RUNS = 7
 NETNS = f"khanbench{os.getpid()}"
 RESULTS = Path(__file__).parent / "results"
+MAX_SERIES = 10_000  # the agent's defaults
+TTL_SECONDS = 900
+WORKLOAD = LabelPolicy(aggregate="workload")
 
 
 def in_ns(*argv: str) -> list[str]:
@@ -55,6 +67,73 @@ def counted(exposition: bytes) -> int:
     return int(total)
 
 
+def vm_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@dataclass
+class CountingPolls:
+    baseline_seconds: float  # the first poll: every entry is new to the tracker and becomes its baseline
+    steady_seconds: list[float]
+    tracked: int  # live entries in the tracker after the last poll
+    opened: int  # connections counted as opened in steady state: the table does not change, so 0
+    series: int  # khan_connection series served (aggregated)
+    rss_growth_mb: float  # VmRSS after the polls, tracker alive, minus before it existed
+    maxrss_growth_mb: float  # the process's peak RSS, after minus before
+    held_mb: float  # tracemalloc, a fresh tracker after its baseline poll: what its state keeps
+    peak_mb: float  # tracemalloc peak during that poll
+
+
+def poll_counting(inventory: Inventory, counting: Counting) -> tuple[float, int, int]:
+    """One agent poll with counters on: (seconds, connections opened in the counters, series served)."""
+    result = poll(inventory, "bench", NETNS, policy=WORKLOAD, counting=counting, max_series=MAX_SERIES)
+    opened = sum(result.counters.opened.values()) if result.counters is not None else 0
+    return result.duration_seconds, opened, len(result.connections)
+
+
+def counting_polls(inventory: Inventory) -> CountingPolls:
+    gc.collect()
+    rss_before = vm_rss_mb()
+    maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    counting = Counting(max_series=MAX_SERIES, ttl_seconds=TTL_SECONDS)
+    baseline, _, _ = poll_counting(inventory, counting)
+    steady = []
+    opened = series = 0
+    for _ in range(RUNS):
+        seconds, opened, series = poll_counting(inventory, counting)
+        steady.append(seconds)
+    gc.collect()
+    rss_growth = vm_rss_mb() - rss_before
+    maxrss_growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - maxrss_before
+    tracked = len(counting.tracker)
+    del counting
+    gc.collect()
+    # tracemalloc slows allocation-heavy code several times over: a separate, untimed poll of a fresh tracker.
+    tracemalloc.start()
+    fresh = Counting(max_series=MAX_SERIES, ttl_seconds=TTL_SECONDS)
+    start, _ = tracemalloc.get_traced_memory()
+    tracemalloc.reset_peak()
+    poll_counting(inventory, fresh)
+    gc.collect()
+    held, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    del fresh
+    return CountingPolls(
+        baseline_seconds=baseline,
+        steady_seconds=steady,
+        tracked=tracked,
+        opened=opened,
+        series=series,
+        rss_growth_mb=rss_growth,
+        maxrss_growth_mb=maxrss_growth,
+        held_mb=(held - start) / 1e6,
+        peak_mb=(peak - start) / 1e6,
+    )
+
+
 def main() -> None:
     if os.geteuid() != 0:
         raise SystemExit("the benchmark needs root (it builds a network namespace)")
@@ -74,11 +153,14 @@ def main() -> None:
             khan_counted.add(counted(out))
         inventory = build_inventory(())
         polls = [poll(inventory, "bench", NETNS).duration_seconds for _ in range(RUNS)]
+        counted_polls = counting_polls(inventory)
 
     ct_wall = statistics.median(w for w, _ in conntrack_runs)
     khan_wall = statistics.median(w for w, _ in khan_runs)
     ct_rss = statistics.median(r for _, r in conntrack_runs) / 1024
     khan_rss = statistics.median(r for _, r in khan_runs) / 1024
+    poll_wall = statistics.median(polls)
+    counting_wall = statistics.median(counted_polls.steady_seconds)
     lines = [
         f"table: {entries} UDP entries ({len(FILL_SOURCES)} clients x many ports -> {len(FILL_DESTINATIONS)}"
         f" destinations x {len(FILL_PORTS)} ports), filled in {fill_seconds:.1f} s; medians of {RUNS} alternating runs",
@@ -87,10 +169,22 @@ def main() -> None:
         "| --- | --- | --- |",
         f"| `conntrack -L > /dev/null` | {ct_wall:.2f} s | {ct_rss:.0f} MB |",
         f"| `khan snapshot > /dev/null` | {khan_wall:.2f} s | {khan_rss:.0f} MB |",
-        f"| agent poll (in process, imports excluded) | {statistics.median(polls):.2f} s | |",
+        f"| agent poll (in process, imports excluded) | {poll_wall:.2f} s | |",
+        f"| agent poll, counters on (--aggregate workload, --max-series {MAX_SERIES}), steady state"
+        f" | {counting_wall:.2f} s | |",
+        f"| agent poll, counters on, first poll (the tracker's baseline; one run)"
+        f" | {counted_polls.baseline_seconds:.2f} s | |",
         "",
         f"khan / conntrack -L wall: {khan_wall / ct_wall:.2f}x (target <= 1.5x)",
         f"connections counted by khan: {sorted(khan_counted)} (table size {entries})",
+        f"agent poll with counters on / conntrack -L wall: {counting_wall / ct_wall:.2f}x (in process, imports"
+        f" excluded; target <= 1.5x); / plain agent poll: {counting_wall / poll_wall:.2f}x;"
+        f" steady-state polls: {', '.join(f'{p:.2f}' for p in counted_polls.steady_seconds)} s",
+        f"counters on: tracker holds {counted_polls.tracked} live entries; {counted_polls.opened} counted as opened"
+        f" after the baseline (expected 0: the table does not change); {counted_polls.series} khan_connection series",
+        f"tracker memory: agent RSS +{counted_polls.rss_growth_mb:.0f} MB once it tracks the full table (peak RSS"
+        f" +{counted_polls.maxrss_growth_mb:.0f} MB); tracemalloc of a fresh tracker: {counted_polls.held_mb:.1f} MB"
+        f" held after its first poll, {counted_polls.peak_mb:.1f} MB peak during it",
     ]
     report = "\n".join(lines)
     print(report)
@@ -98,6 +192,8 @@ def main() -> None:
     (RESULTS / "latest.md").write_text(report + "\n")
     if khan_counted != {entries}:
         raise SystemExit("khan did not count every entry of the table")
+    if counted_polls.tracked != entries or counted_polls.opened != 0:
+        raise SystemExit("the tracker did not hold the table as it is")
 
 
 if __name__ == "__main__":
