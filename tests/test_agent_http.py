@@ -97,7 +97,7 @@ def test_landing_health_and_unknown_paths(agent: tuple[str, subprocess.Popen[str
 def test_nothing_served_accepts_a_change(agent: tuple[str, subprocess.Popen[str]]) -> None:
     base, proc = agent
     wait_ready(base, proc)
-    for path in ("/", "/metrics", "/healthz", "/readyz"):
+    for path in ("/", "/metrics", "/healthz", "/readyz", "/transactions", "/flows"):
         for method in ("POST", "PUT", "DELETE", "PATCH"):
             assert get(base + path, method)[0] == 405, (method, path)
 
