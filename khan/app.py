@@ -55,7 +55,7 @@ class Agent:
         self.counting = Counting(settings.max_series, settings.counter_ttl_seconds)
         self.events: EventReader | None = None
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(KhanCollector(lambda: self.health, self._event_stats))
+        self.registry.register(KhanCollector(lambda: self.health, self._event_stats, settings.interval_seconds))
         watch_stats = self.inventory.watch_stats()
         if watch_stats is not None:  # the API inventory reports on its watches
             self.registry.register(WatchCollector(watch_stats, self.inventory.deleted_pods))

@@ -91,7 +91,7 @@ def watch_stats() -> WatchStats:
 
 def render(health: Health, watches: WatchStats | None = None, events: EventStats | None = EVENTS) -> str:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(KhanCollector(lambda: health, lambda: events))
+    registry.register(KhanCollector(lambda: health, lambda: events, 30.0))
     if watches is not None:
         registry.register(WatchCollector(watches, lambda: 4))
     return generate_latest(registry).decode().replace(platform.python_version(), "PYTHON_VERSION")

@@ -34,7 +34,9 @@ def counter(spec: f.MetricSpec, value: float | None = None) -> CounterMetricFami
     return family
 
 
-def families(health: Health, events: EventStats | None = None) -> Iterator[Metric]:
+def families(
+    health: Health, events: EventStats | None = None, interval_seconds: float | None = None
+) -> Iterator[Metric]:
     """Every family of families.ALL. Values that are not known yet (no poll so far) are left out, not zeroed."""
     last = health.last
     connections = gauge(f.CONNECTION)
@@ -42,6 +44,8 @@ def families(health: Health, events: EventStats | None = None) -> Iterator[Metri
         for labels, count in last.connections.items():
             connections.add_metric(labels, count)
     yield connections
+    if interval_seconds is not None:
+        yield gauge(f.POLL_INTERVAL, interval_seconds)
     counters = last.counters if last is not None else None
     if counters is not None:
         yield from _counter_families(counters)
@@ -112,9 +116,15 @@ def _counter_families(counters: CounterView) -> Iterator[Metric]:
 class KhanCollector(Collector):
     """Reads whatever Health the poller swapped in last; a scrape never waits for a poll."""
 
-    def __init__(self, current: Callable[[], Health], events: Callable[[], EventStats | None] = lambda: None) -> None:
+    def __init__(
+        self,
+        current: Callable[[], Health],
+        events: Callable[[], EventStats | None] = lambda: None,
+        interval_seconds: float | None = None,
+    ) -> None:
         self._current = current
         self._events = events
+        self._interval = interval_seconds
 
     def collect(self) -> Iterator[Metric]:
-        return families(self._current(), self._events())
+        return families(self._current(), self._events(), self._interval)

@@ -106,6 +106,11 @@ EVENTS_DROPPED = MetricSpec(
     "Events the kernel dropped because khan's socket was full; connections opened and closed among them are lost.",
 )
 POLL_DURATION = MetricSpec("khan_poll_duration_seconds", "gauge", "Wall time of the last poll of the conntrack table.")
+POLL_INTERVAL = MetricSpec(
+    "khan_poll_interval_seconds",
+    "gauge",
+    "Seconds between the starts of two polls (--interval): a poll should take far less.",
+)
 POLL_ENTRIES = MetricSpec("khan_poll_entries", "gauge", "Conntrack entries read by the last successful poll.")
 ENTRIES_READ = MetricSpec("khan_entries_read_total", "counter", "Conntrack entries read by all polls.")
 ENTRIES_MALFORMED = MetricSpec(
@@ -179,6 +184,7 @@ BUILD_INFO = MetricSpec(
 
 ALL: tuple[MetricSpec, ...] = (
     CONNECTION,
+    POLL_INTERVAL,
     OPENED,
     FLOW_BYTES,
     TRANSACTIONS,
