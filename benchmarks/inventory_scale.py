@@ -41,7 +41,7 @@ NETNS = f"khankube{os.getpid()}"
 ADVERTISE = "10.255.255.1"
 AGENT_PORT = 9986
 RESULTS = Path(__file__).parent / "results"
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "base"
 
 
 # -- the synthetic cluster: 50 pods a node, each Deployment's pods spread over nodes ----------------------------

@@ -35,7 +35,7 @@ APISERVER = CACHE / f"kube-apiserver-{KUBE_VERSION}"
 ETCD_PORT, ETCD_PEER_PORT, API_PORT = 2379, 2380, 6443
 SERVICE_CIDR = "10.96.0.0/16"
 REPO = Path(__file__).resolve().parent.parent
-DEPLOY = REPO / "deploy"
+DEPLOY = REPO / "deploy" / "base"
 
 ADMIN = "admin"
 KHAN_USER = "system:serviceaccount:khan:khan"  # deploy/'s ServiceAccount, as RBAC sees it
@@ -49,6 +49,10 @@ _PATHS: dict[str, tuple[str, str, bool]] = {
     "ServiceAccount": ("/api/v1", "serviceaccounts", True),
     "ClusterRole": ("/apis/rbac.authorization.k8s.io/v1", "clusterroles", False),
     "ClusterRoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "clusterrolebindings", False),
+    "DaemonSet": ("/apis/apps/v1", "daemonsets", True),
+    "CustomResourceDefinition": ("/apis/apiextensions.k8s.io/v1", "customresourcedefinitions", False),
+    "PodMonitor": ("/apis/monitoring.coreos.com/v1", "podmonitors", True),
+    "PrometheusRule": ("/apis/monitoring.coreos.com/v1", "prometheusrules", True),
 }
 
 
