@@ -34,8 +34,8 @@ apiserver:
 	bash tests/kube/build-apiserver.sh
 
 lint: deps
-	$(BIN)/ruff check khan tests benchmarks
-	$(BIN)/ruff format --check khan tests benchmarks
+	$(BIN)/ruff check khan tests benchmarks dashboards
+	$(BIN)/ruff format --check khan tests benchmarks dashboards
 	$(BIN)/mypy
 
 test: deps lint apiserver
