@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := iproute2 nftables conntrack prometheus
+APT_PACKAGES := iproute2 nftables conntrack prometheus prometheus-alertmanager
 STAMP := $(VENV)/.installed
 
 .PHONY: all deps system-deps apiserver demo test lint bench clean
@@ -12,7 +12,7 @@ all: test
 
 system-deps:
 	@missing=""; \
-	for tool in ip:iproute2 nft:nftables conntrack:conntrack promtool:prometheus; do \
+	for tool in ip:iproute2 nft:nftables conntrack:conntrack promtool:prometheus prometheus-alertmanager:prometheus-alertmanager; do \
 	  command -v $${tool%%:*} >/dev/null 2>&1 || missing="$$missing $${tool#*:}"; \
 	done; \
 	if ! $(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1; then missing="$$missing python3-venv"; fi; \
