@@ -31,6 +31,7 @@ from khan.conntrack.namespace import entered
 from khan.lab import Lab
 from tests.exposition import KHAN
 from tests.kube_cluster import stop_process
+from tests.lab_sockets import connect, holding_server
 from tests.test_dashboards import BOARDS, filled, queries
 
 pytestmark = pytest.mark.root
@@ -188,38 +189,6 @@ def instant(lab: Lab, expr: str) -> list[dict[str, Any]]:
     assert answer["status"] == "success", answer
     result: list[dict[str, Any]] = answer["data"]["result"]
     return result
-
-
-def connect(lab: Lab, host: str, ip: str, port: int) -> socket.socket:
-    with lab.inside(host):
-        client = socket.socket()
-    client.settimeout(10)
-    client.connect((ip, port))
-    return client
-
-
-@contextlib.contextmanager
-def holding_server(lab: Lab, host: str, ip: str, port: int) -> Iterator[None]:
-    with lab.inside(host):
-        server = socket.create_server((ip, port), backlog=1024)
-    server.settimeout(0.1)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                held.append(server.accept()[0])
-
-    thread = threading.Thread(target=accept)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-        for sock in [server, *held]:
-            sock.close()
 
 
 def test_every_dashboard_query_executes_and_the_main_panels_show_the_lab(stack: tuple[Lab, Webhook]) -> None:

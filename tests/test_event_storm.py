@@ -4,8 +4,6 @@ counter ever goes backwards, and the agent stays up and ready."""
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +15,7 @@ from khan.lab import Lab
 from tests.exposition import samples
 from tests.kube_agent import RunningAgent
 from tests.lab_agent import file_agent, total
+from tests.lab_sockets import connect, holding_server
 
 pytestmark = pytest.mark.root
 
@@ -24,40 +23,6 @@ SHORT, LONG = 300, 20
 STORM_PORT = 8090
 # The smallest buffer the flag takes (the kernel doubles it): a handful of events fit, the storm's hundreds do not.
 TINY_BUFFER = "4096"
-
-
-@contextlib.contextmanager
-def serving(lab: Lab, host: str, ip: str, port: int) -> Iterator[None]:
-    """A server that accepts everything (and holds it) until the end: the storm never waits on a full backlog."""
-    with lab.inside(host):
-        server = socket.create_server((ip, port), backlog=1024)
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.1)
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                accepted.append(server.accept()[0])
-
-    thread = threading.Thread(target=accept)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-        for sock in [server, *accepted]:
-            sock.close()
-
-
-def opened(lab: Lab, ip: str) -> socket.socket:
-    """A connection from pod-a, handshake done."""
-    with lab.inside("pod-a"):
-        client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    client.settimeout(10)
-    client.connect((ip, STORM_PORT))
-    return client
 
 
 @pytest.fixture
@@ -104,12 +69,15 @@ def test_lost_events_are_counted_and_a_dump_recovers_every_connection(stormed: t
     watcher.start()
     try:
         agent.pause()  # the socket fills while the agent reads nothing
-        with serving(lab, "pod-b", "10.244.1.11", STORM_PORT), serving(lab, "pod-c", "10.244.2.10", STORM_PORT):
+        with (
+            holding_server(lab, "pod-b", "10.244.1.11", STORM_PORT),
+            holding_server(lab, "pod-c", "10.244.2.10", STORM_PORT),
+        ):
             held = []
             for _ in range(SHORT):
-                opened(lab, "10.244.1.11").close()
+                connect(lab, "pod-a", "10.244.1.11", STORM_PORT).close()
             for _ in range(LONG):
-                held.append(opened(lab, "10.244.2.10"))  # left open
+                held.append(connect(lab, "pod-a", "10.244.2.10", STORM_PORT))  # left open
             agent.resume()
 
             def recovered() -> bool:
