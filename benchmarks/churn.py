@@ -48,7 +48,7 @@ from typing import Any, TextIO
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from khan.lab import CLUSTER_IP, PODS, SERVICE_BACKEND, SERVICE_PORT, Lab
+from khan.lab import CLUSTER_IP, PODS, SERVICE_BACKEND, SERVICE_PORT, Lab, private_prefix
 
 RESULTS = Path(__file__).parent / "results"
 SCRIPT = Path(__file__).resolve()
@@ -511,7 +511,7 @@ def main() -> None:
         raise SystemExit("the benchmark needs root (it builds network namespaces)")
     runs: list[Run] = []
     revision = khan_revision()
-    with tempfile.TemporaryDirectory(prefix="khan-churn-") as tmp, Lab.create(prefix=f"kchurn{os.getpid()}") as lab:
+    with tempfile.TemporaryDirectory(prefix="khan-churn-") as tmp, Lab.create(prefix=private_prefix("kchurn")) as lab:
         workdir = Path(tmp)
         inventory = workdir / "inventory.yaml"
         lab.write_inventory(inventory)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import re
 import select
 import shutil
 import socket
@@ -209,11 +210,15 @@ def _delete_netns(names: Sequence[str]) -> list[str]:
     return [name for name in names if (NETNS_DIR / name).exists()]
 
 
-def _existing(prefix: str) -> list[str]:
+def _named_netns() -> list[str]:
     try:
-        return sorted(entry.name for entry in NETNS_DIR.iterdir() if entry.name.startswith(f"{prefix}-"))
+        return sorted(entry.name for entry in NETNS_DIR.iterdir())
     except FileNotFoundError:
         return []
+
+
+def _existing(prefix: str) -> list[str]:
+    return [name for name in _named_netns() if name.startswith(f"{prefix}-")]
 
 
 def cleanup_stale(prefix: str) -> list[str]:
@@ -225,11 +230,27 @@ def cleanup_stale(prefix: str) -> list[str]:
     return names
 
 
+def private_prefix(stem: str) -> str:
+    """A prefix no other running process uses, `{stem}{pid}`, so that two runs on one machine never meet.
+
+    Labs of earlier `{stem}{pid}` processes that are gone (killed before their teardown) are deleted first;
+    those of processes still running are theirs and stay."""
+    owner = re.compile(rf"{re.escape(stem)}(\d+)-")
+    orphans = {
+        match.group(0)[:-1]
+        for name in _named_netns()
+        if (match := owner.match(name)) and not Path("/proc", match.group(1)).exists()
+    }
+    for orphan in sorted(orphans):
+        cleanup_stale(orphan)
+    return f"{stem}{os.getpid()}"
+
+
 class Lab:
     """The namespaces of one lab, and every socket opened in them. Build one with `Lab.create()`."""
 
     def __init__(self, prefix: str | None = None) -> None:
-        self.prefix = prefix or f"khan{os.getpid() % 100000}"
+        self.prefix = prefix or private_prefix("khan")
         self._netns = {host: f"{self.prefix}-{host}" for host in HOSTS}
         self._created: list[str] = []
         self._listeners: dict[tuple[str, str, str, int], socket.socket] = {}  # (transport, host, ip, port)

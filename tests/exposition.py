@@ -10,7 +10,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from khan.lab import Lab
+from khan.lab import Lab, private_prefix
 from khan.metrics.families import CONNECTION_LABELS
 
 KHAN = [sys.executable, "-m", "khan"]
@@ -55,7 +55,7 @@ def value(exposition: str, name: str) -> float:
 def lab_with_traffic(prefix: str, directory: Path) -> Iterator[tuple[Lab, Path]]:
     """The lab with its demo traffic flowing and its inventory written to directory/inventory.yaml."""
     inventory = directory / "inventory.yaml"
-    with Lab.create(prefix=prefix) as lab:
+    with Lab.create(prefix=private_prefix(prefix)) as lab:
         lab.start_demo_traffic()
         lab.write_inventory(inventory)
         yield lab, inventory

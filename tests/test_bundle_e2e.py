@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from khan.conntrack.namespace import entered
-from khan.lab import Lab
+from khan.lab import Lab, private_prefix
 from tests.exposition import KHAN
 from tests.kube_cluster import stop_process
 from tests.lab_sockets import connect, holding_server
@@ -141,7 +141,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, Webho
     }
     (work / "alertmanager.yml").write_text(yaml.safe_dump(alertmanager_config))
     processes: list[subprocess.Popen[bytes]] = []
-    with Lab.create(prefix="khane2e") as lab:
+    with Lab.create(prefix=private_prefix("khane2e")) as lab:
         lab.start_demo_traffic()
         lab.write_inventory(inventory)
         with lab.inside("node1"):

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from khan.lab import Lab, fill_udp_flows, table_namespace
+from khan.lab import Lab, fill_udp_flows, private_prefix, table_namespace
 from tests.exposition import samples
 from tests.kube_agent import RunningAgent
 from tests.lab_agent import file_agent, total
@@ -79,7 +79,7 @@ def deployment_lab(tmp_path: Path) -> Iterator[tuple[Lab, RunningAgent]]:
             item["metadata"]["ownerReferences"] = [{"kind": "ReplicaSet", "name": "web-5d8f7", "controller": True}]
     inventory = tmp_path / "inventory.yaml"
     write_list(inventory, objects)
-    with Lab.create(prefix="khanwl") as lab:
+    with Lab.create(prefix=private_prefix("khanwl")) as lab:
         lab.start_demo_traffic()
         extra = ["--aggregate", "workload"]
         with file_agent(lab.netns("node1"), inventory, "node1", tmp_path, extra=extra) as agent:

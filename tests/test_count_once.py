@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from khan.lab import CLUSTER_IP, SERVICE_PORT, Lab
+from khan.lab import CLUSTER_IP, SERVICE_PORT, Lab, private_prefix
 from khan.metrics.labels import COUNT_ONCE
 from tests.exposition import samples
 from tests.kube_agent import RunningAgent
@@ -24,7 +24,7 @@ def two_nodes(
 ) -> Iterator[tuple[Lab, dict[str, RunningAgent], set[tuple[str, str, str]]]]:
     workdir = tmp_path_factory.mktemp("count-once")
     inventory = workdir / "inventory.yaml"
-    with Lab.create(prefix="khanonce") as lab:
+    with Lab.create(prefix=private_prefix("khanonce")) as lab:
         expected = lab.start_demo_traffic()
         lab.write_inventory(inventory)
         truth = {(e.src_ip, e.dst_ip, str(e.dst_port)) for e in expected if e.transport == "tcp"}
@@ -80,19 +80,30 @@ def test_the_sides_each_node_reports(
     two_nodes: tuple[Lab, dict[str, RunningAgent], set[tuple[str, str, str]]],
 ) -> None:
     _, agents, _ = two_nodes
+    expected = {
+        ("node1", "10.244.1.10", "10.244.2.10", "5432"): {"source"},  # pod-a -> pod-c, across nodes
+        ("node2", "10.244.1.10", "10.244.2.10", "5432"): {"destination"},
+        ("node1", "192.0.2.10", "10.244.1.10", "8080"): {"ingress"},  # the outside client
+        ("node2", "10.244.2.10", CLUSTER_IP, "80"): {"source"},  # through the service from node2
+        ("node1", "10.244.2.10", "10.244.1.11", "8080"): {"destination"},  # ... as node1 sees it
+    }
+    found: dict[tuple[str, str, str, str], set[str]] = {}
 
-    def side(node: str, src: str, dst: str, port: str) -> set[str]:
-        return {
-            dict(labels)["seen_from"]
-            for labels in tcp_series(agents[node])
-            if (dict(labels)["src_ip"], dict(labels)["dst_ip"], dict(labels)["dst_port"]) == (src, dst, port)
-        }
+    def sides() -> bool:
+        found.clear()
+        for node, agent in agents.items():
+            for labels in tcp_series(agent):
+                as_dict = dict(labels)
+                key = (node, as_dict["src_ip"], as_dict["dst_ip"], as_dict["dst_port"])
+                if key in expected:
+                    found.setdefault(key, set()).add(as_dict["seen_from"])
+        return found == expected
 
-    assert side("node1", "10.244.1.10", "10.244.2.10", "5432") == {"source"}  # pod-a -> pod-c, across nodes
-    assert side("node2", "10.244.1.10", "10.244.2.10", "5432") == {"destination"}
-    assert side("node1", "192.0.2.10", "10.244.1.10", "8080") == {"ingress"}  # the outside client
-    assert side("node2", "10.244.2.10", CLUSTER_IP, "80") == {"source"}  # through the service from node2
-    assert side("node1", "10.244.2.10", "10.244.1.11", "8080") == {"destination"}  # ... as node1 sees it
+    # Each node polls on its own clock: the connection opened after start reaches each agent at its next poll.
+    try:
+        agents["node1"].wait_until(sides, 10, "each node reports its side of every connection")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nexpected {expected}\nfound {found}") from None
 
 
 def test_new_connection_counters_count_once_too(

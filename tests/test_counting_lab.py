@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from khan.lab import Lab, cleanup_stale
+from khan.lab import Lab, private_prefix
 from tests.exposition import KHAN, samples
 from tests.test_agent_http import free_port, get, wait_ready
 
@@ -79,8 +79,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     items = [*Lab.inventory_objects(), api_service()]
     document = {"apiVersion": "v1", "kind": "List", "items": items, "metadata": {"resourceVersion": ""}}
     inventory.write_text(yaml.safe_dump(document, sort_keys=False))
-    cleanup_stale(PREFIX)  # left by a run that was killed
-    with Lab.create(prefix=PREFIX) as lab:  # the namespaces, and with them the table and sysctls, go at the end
+    # The namespaces, and with them the table and sysctls, go at the end.
+    with Lab.create(prefix=private_prefix(PREFIX)) as lab:
         lab.run("node1", ["nft", "-f", "-"], input=API_RULESET, text=True, check=True, capture_output=True)
         sysctls = [f"net.netfilter.nf_conntrack_tcp_timeout_{name}=1" for name in SHORT_TIMEOUTS]
         lab.run("node1", ["sysctl", "-qw", *sysctls], check=True, capture_output=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from khan.lab import Lab
+from khan.lab import Lab, private_prefix
 from tests.lab_agent import file_agent, total
 
 pytestmark = pytest.mark.root
@@ -17,7 +17,7 @@ PAIR = {"src_name": "pod-a", "dst_name": "pod-c", "dst_port": "5432"}
 
 def test_a_restarted_agent_counts_from_zero(tmp_path: Path) -> None:
     inventory = tmp_path / "inventory.yaml"
-    with Lab.create(prefix="khanrestart") as lab:
+    with Lab.create(prefix=private_prefix("khanrestart")) as lab:
         lab.start_demo_traffic()  # one pod-a -> pod-c connection, open before any agent starts
         lab.write_inventory(inventory)
         with file_agent(lab.netns("node1"), inventory, "node1", tmp_path) as first:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from khan.lab import Lab
+from khan.lab import Lab, private_prefix
 from tests.kube_cluster import ApiError, Cluster, object_path, running_cluster
 
 DEPLOY = Path(__file__).parent.parent / "deploy"
@@ -101,7 +101,10 @@ def minimal_crd(kind: str, plural: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with Lab.create(prefix="khandeploy") as lab, running_cluster(lab.netns("node1"), "10.250.0.1") as running:
+    with (
+        Lab.create(prefix=private_prefix("khandeploy")) as lab,
+        running_cluster(lab.netns("node1"), "10.250.0.1") as running,
+    ):
         running.ensure_namespace("khan")  # the dry run of the Namespace creates nothing for the others
         for kind, plural in (("PodMonitor", "podmonitors"), ("PrometheusRule", "prometheusrules")):
             running.request("POST", object_path("CustomResourceDefinition"), minimal_crd(kind, plural))

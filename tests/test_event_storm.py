@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from khan.lab import Lab
+from khan.lab import Lab, private_prefix
 from tests.exposition import samples
 from tests.kube_agent import RunningAgent
 from tests.lab_agent import file_agent, total
@@ -28,7 +28,7 @@ TINY_BUFFER = "4096"
 @pytest.fixture
 def stormed(tmp_path: Path) -> Iterator[tuple[Lab, RunningAgent]]:
     inventory = tmp_path / "inventory.yaml"
-    with Lab.create(prefix="khanstorm") as lab:
+    with Lab.create(prefix=private_prefix("khanstorm")) as lab:
         lab.start_demo_traffic()
         lab.write_inventory(inventory)
         extra = ["--event-buffer", TINY_BUFFER]

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from khan.lab import Lab
+from khan.lab import Lab, private_prefix
 from tests.exposition import KHAN, Series, connections, khan, samples
 from tests.kube_agent import (
     INTERVAL,
@@ -39,7 +39,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, Clust
     """The lab with traffic; etcd and the API server on node1's loopback; deploy/'s RBAC and the lab's objects
     created through the API. Tests that change objects put them back."""
     workdir = tmp_path_factory.mktemp("kube")
-    with Lab.create(prefix="khankube") as lab:
+    with Lab.create(prefix=private_prefix("khankube")) as lab:
         lab.start_demo_traffic()
         with running_cluster(lab.netns("node1"), "10.250.0.1") as cluster:
             cluster.apply_files(RBAC_FILES)

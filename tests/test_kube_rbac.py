@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from khan.lab import Lab
+from khan.lab import Lab, private_prefix
 from tests.kube_agent import LAB_TCP, RBAC_FILES, agent_in, create_lab_objects, sample
 from tests.kube_cluster import DEPLOY, KHAN_USER, ApiError, Cluster, running_cluster
 
@@ -21,7 +21,7 @@ UNBOUND_USER = "system:serviceaccount:khan:nobody"
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, Cluster, Path]]:
     workdir = tmp_path_factory.mktemp("rbac")
-    with Lab.create(prefix="khanrbac") as lab:
+    with Lab.create(prefix=private_prefix("khanrbac")) as lab:
         lab.start_demo_traffic()
         users = (KHAN_USER, NO_WATCH_USER, UNBOUND_USER)
         with running_cluster(lab.netns("node1"), "10.250.0.1", users=users) as cluster:

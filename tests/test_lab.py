@@ -192,6 +192,23 @@ def test_left_over_namespaces_stop_set_up_and_cleanup_stale_removes_them() -> No
         cleanup_stale(prefix)
 
 
+@root
+def test_a_private_prefix_removes_labs_of_gone_processes_and_keeps_running_ones() -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # its pid names a process that no longer runs
+    stem = f"{PREFIX}o"
+    orphan, running = f"{stem}{gone.pid}-node1", f"{stem}{os.getppid()}-node1"
+    for name in (orphan, running):
+        subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        assert lab_module.private_prefix(stem) == f"{stem}{os.getpid()}"
+        assert lab_namespaces(f"{stem}{gone.pid}") == []  # killed before its teardown: deleted
+        assert lab_namespaces(f"{stem}{os.getppid()}") == [running]  # another run's lab, still in use: kept
+    finally:
+        cleanup_stale(f"{stem}{gone.pid}")
+        cleanup_stale(f"{stem}{os.getppid()}")
+
+
 def test_set_up_without_root_fails_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(LabError, match=r"^network namespaces need root"), Lab.create(f"{PREFIX}u"):
