@@ -29,7 +29,8 @@ $(STAMP): pyproject.toml
 
 deps: system-deps $(STAMP)
 
-# etcd, and kube-apiserver built once from Debian's source package into ~/.cache/khan (about 5 minutes, once).
+# etcd, kube-apiserver built once from Debian's source package into ~/.cache/khan (about 5 minutes, once), and
+# Debian's kubectl where the machine has none.
 apiserver:
 	bash tests/kube/build-apiserver.sh
 

@@ -40,6 +40,22 @@ DEPLOY = REPO / "deploy" / "base"
 ADMIN = "admin"
 KHAN_USER = "system:serviceaccount:khan:khan"  # deploy/'s ServiceAccount, as RBAC sees it
 
+
+def kubectl() -> str:
+    """$KHAN_KUBECTL, else the kubectl on PATH (build-apiserver.sh installs Debian's where there is none)."""
+    wanted = os.environ.get("KHAN_KUBECTL", "kubectl")
+    found = shutil.which(wanted)
+    if found is None:
+        raise RuntimeError(f"no kubectl at {wanted!r}: run `make apiserver`, which installs one")
+    return found
+
+
+def kubectl_minor() -> int:
+    """The minor version of kubectl's client, as `kubectl version --client` reports it ("21+" counts as 21)."""
+    out = subprocess.run([kubectl(), "version", "--client", "-o", "json"], capture_output=True, text=True, check=True)
+    return int(json.loads(out.stdout)["clientVersion"]["minor"].rstrip("+"))
+
+
 # Where each kind is created: (API prefix, plural, namespaced).
 _PATHS: dict[str, tuple[str, str, bool]] = {
     "Namespace": ("/api/v1", "namespaces", False),

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds kube-apiserver once from Debian's kubernetes source package and caches the binary outside the
-# repository (never commit it). Also installs etcd. Idempotent: a second run only checks the cache.
+# repository (never commit it). Also installs etcd, and Debian's kubectl where the machine has none.
+# Idempotent: a second run only checks the cache.
 set -euo pipefail
 
 VERSION=1.20.2
@@ -10,6 +11,7 @@ BINARY=$CACHE/kube-apiserver-$VERSION
 packages=()
 command -v etcd >/dev/null 2>&1 || packages+=(etcd-server)
 command -v openssl >/dev/null 2>&1 || packages+=(openssl)
+command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
 if [ -x "$BINARY" ] && [ ${#packages[@]} -eq 0 ]; then
   exit 0
 fi
