@@ -1,4 +1,4 @@
-"""The only raw-socket code: one ctnetlink dump request and the receive loop over its multi-part answer.
+"""The ctnetlink socket, one dump request and the receive loop over its multi-part answer.
 
 The request is 20 bytes and is packed here rather than by pyroute2: importing pyroute2 costs ~0.2-0.5 s, which
 `khan snapshot` cannot afford on its way to a full table. Each dump uses its own socket, so an abandoned dump
