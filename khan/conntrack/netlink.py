@@ -69,9 +69,14 @@ def open_socket() -> socket.socket:
     return sock
 
 
+def request(command: int, flags: int, sequence: int) -> bytes:
+    """A ctnetlink request (IPCTNL_MSG_CT_*) for both address families: netlink header and nfgenmsg."""
+    msg_type = (NFNL_SUBSYS_CTNETLINK << 8) | command
+    return _REQUEST.pack(_REQUEST.size, msg_type, NLM_F_REQUEST | flags, sequence, 0, AF_UNSPEC, NFNETLINK_V0, 0)
+
+
 def dump_request(sequence: int) -> bytes:
-    msg_type = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET
-    return _REQUEST.pack(_REQUEST.size, msg_type, NLM_F_REQUEST | NLM_F_DUMP, sequence, 0, AF_UNSPEC, NFNETLINK_V0, 0)
+    return request(IPCTNL_MSG_CT_GET, NLM_F_DUMP, sequence)
 
 
 def dump_flows(stats: DumpStats) -> Iterator[list[Flow]]:

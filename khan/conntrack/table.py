@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from khan.conntrack.decode import NFGENMSG_LEN, NLA_TYPE_MASK, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN
-from khan.conntrack.netlink import NFNL_SUBSYS_CTNETLINK, NLM_F_DUMP, NLM_F_REQUEST, describe_error, open_socket
+from khan.conntrack.netlink import NFNL_SUBSYS_CTNETLINK, NLM_F_DUMP, describe_error, open_socket, request
 
 ACCT_SYSCTL = Path("/proc/sys/net/netfilter/nf_conntrack_acct")
 MAX_SYSCTL = Path("/proc/sys/net/netfilter/nf_conntrack_max")
@@ -34,7 +34,6 @@ CPU_STATS = (
 RECEIVE_BUFFER_BYTES = 64 * 1024  # one message per CPU, ~130 bytes each
 
 _HEADER = struct.Struct("=IHHII")
-_REQUEST = struct.Struct("=IHHII BBH")
 _ATTR = struct.Struct("=HH")
 _BE32 = struct.Struct(">I")
 
@@ -74,9 +73,8 @@ def read_table_stats() -> TableStats:
 
 def _ask(sock: socket.socket, command: int, *, dump: bool) -> list[dict[int, int | None]]:
     """Send one ctnetlink statistics request; the attributes of each answer (one, or one per CPU for a dump)."""
-    flags = NLM_F_REQUEST | (NLM_F_DUMP if dump else 0)
-    msg_type = (NFNL_SUBSYS_CTNETLINK << 8) | command
-    sock.sendall(_REQUEST.pack(_REQUEST.size, msg_type, flags, command, 0, socket.AF_UNSPEC, 0, 0))
+    sock.sendall(request(command, NLM_F_DUMP if dump else 0, sequence=command))
+    msg_type = (NFNL_SUBSYS_CTNETLINK << 8) | command  # what the answers carry
     answers: list[dict[int, int | None]] = []
     buf = bytearray(RECEIVE_BUFFER_BYTES)
     while True:
