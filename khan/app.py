@@ -231,6 +231,7 @@ class Agent:
                 policy=settings.labels,
                 counting=self.counting,
                 max_series=settings.max_series,
+                catch_up_events=self.events.catch_up if self.events is not None else None,
             )
         except (ConntrackError, NamespaceError) as exc:
             self.health = replace(health, polls=health.polls + 1, poll_errors=health.poll_errors + 1)

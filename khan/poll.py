@@ -7,6 +7,7 @@ agent and directly in `khan snapshot`.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import structlog
 
@@ -31,10 +32,12 @@ def poll(
     policy: LabelPolicy = DEFAULT_POLICY,
     counting: Counting | None = None,
     max_series: int | None = None,
+    catch_up_events: Callable[[], None] | None = None,
 ) -> PollResult:
     """Read the table of `netns` (None: this thread's namespace). Raises ConntrackError or NamespaceError.
 
-    With `counting`, every entry also goes through its tracker and the counters are brought up to date."""
+    With `counting`, every entry also goes through its tracker and the counters are brought up to date.
+    `catch_up_events` (the event reader's, when subscribed) hands the tracker every event queued so far."""
     started = time.perf_counter()
     counts: dict[RawKey, int] = {}
     stats = DumpStats()
@@ -42,7 +45,7 @@ def poll(
     with entered(netns):
         for attempt in range(1, attempts + 1):
             stats = DumpStats()
-            counts = _dump(stats, counting)
+            counts = _dump(stats, counting, catch_up_events)
             if not stats.interrupted:
                 break
             log.debug("dump_interrupted", attempt=attempt, entries=stats.entries)
@@ -70,22 +73,34 @@ def poll(
     )
 
 
-def _dump(stats: DumpStats, counting: Counting | None) -> dict[RawKey, int]:
+def _dump(stats: DumpStats, counting: Counting | None, catch_up_events: Callable[[], None] | None) -> dict[RawKey, int]:
     counts: dict[RawKey, int] = {}
     if counting is None:
         return count_flows(dump_flows(stats), counts)
     tracker = counting.tracker
+    catch_up = catch_up_events or _nothing
     now = int(time.time())
+    catch_up()  # what happened before the dump is applied as plain events
     tracker.begin_dump()
     complete = False
     try:
         for batch in dump_flows(stats):
+            # The kernel queued the events of every change this batch shows before it built the batch: applying
+            # them first keeps the kernel's order (a reused id's DESTROY before the dump's look at the new entry).
+            catch_up()
             count_flows((batch,), counts)
             tracker.observe_dump(batch, now)
         complete = not stats.interrupted
-    finally:  # a failed or interrupted dump keeps every record it did not reach
+    finally:
+        # The entries this dump evicted (expired, not yet reaped) sent their DESTROY while it ran: their final
+        # bytes belong to this poll. A failed or interrupted dump keeps every record it did not reach.
+        catch_up()
         tracker.end_dump(complete)
     return counts
+
+
+def _nothing() -> None:
+    return None
 
 
 def _table_stats() -> TableStats | None:

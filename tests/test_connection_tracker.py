@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import socket
 
+import pytest
+
 from khan.conntrack.decode import Flow
 from khan.conntrack.events import Event
 from khan.counting.tracker import ConnectionTracker, Deltas
@@ -184,3 +186,83 @@ def test_a_stale_dump_copy_of_an_entry_destroyed_and_reopened_meanwhile_changes_
     assert sum(deltas.sent.values()) == 50  # the first one's last bytes, once
     later = dump(tracker, entry(5, 40000, 30, 20))
     assert (opened_count(later), sum(later.sent.values())) == (0, 30)
+
+
+# -- the entries a dump evicts -----------------------------------------------------------------------------------
+# A dump kills the expired entries it meets instead of listing them; their DESTROY events go out while it runs.
+# The poll hands over every queued event before each batch and before end_dump, so the DESTROY is applied
+# before, between or after the dump's batches; a reader that lagged would apply it after end_dump.
+
+DESTROY_MOMENTS = ("before the first batch", "between batches", "after the last batch", "after end_dump")
+
+
+@pytest.mark.parametrize("moment", DESTROY_MOMENTS)
+def test_an_evicted_entry_counts_its_final_bytes_once_wherever_its_destroy_lands(moment: str) -> None:
+    tracker = ConnectionTracker()
+    dump(tracker, entry(1, 40000, 10, 10))
+    tracker.observe_events(new(entry(2, 40001)), NOW)  # a short connection, known from its NEW event only
+    destroyed = gone(entry(2, 40001, 1_234, 5_678))
+    tracker.begin_dump()
+    if moment == DESTROY_MOMENTS[0]:
+        tracker.observe_events(destroyed, NOW)
+    tracker.observe_dump([entry(1, 40000, 10, 10)], NOW)
+    if moment == DESTROY_MOMENTS[1]:
+        tracker.observe_events(destroyed, NOW)
+    tracker.observe_dump([entry(3, 40002, 70, 30)], NOW)
+    if moment == DESTROY_MOMENTS[2]:
+        tracker.observe_events(destroyed, NOW)
+    tracker.end_dump(True)
+    if moment == DESTROY_MOMENTS[3]:
+        tracker.observe_events(destroyed, NOW)
+    deltas = tracker.take()
+    assert opened_count(deltas) == 2  # 2 from its NEW, 3 from the dump
+    assert (sum(deltas.sent.values()), sum(deltas.received.values())) == (1_234 + 70, 5_678 + 30)
+    dump(tracker, entry(1, 40000, 10, 10), entry(3, 40002, 70, 30))
+    dump(tracker, entry(1, 40000, 10, 10), entry(3, 40002, 70, 30))
+    assert tracker.totals.vanished == 0
+    assert len(tracker) == 2
+
+
+def test_an_evicted_entry_the_last_dump_had_read_adds_only_what_it_moved_since() -> None:
+    tracker = ConnectionTracker()
+    dump(tracker)
+    dump(tracker, entry(1, 40000, 100, 200))  # opened, read with 100 / 200 bytes
+    tracker.begin_dump()
+    tracker.observe_dump([], NOW)
+    tracker.observe_events(gone(entry(1, 40000, 150, 260)), NOW)  # evicted by this dump: not listed
+    tracker.end_dump(True)
+    deltas = tracker.take()
+    assert (sum(deltas.sent.values()), sum(deltas.received.values())) == (50, 60)
+    assert opened_count(deltas) == 0
+
+
+# -- an id reused by a new connection ----------------------------------------------------------------------------
+# A SYN on a CLOSE or TIME_WAIT entry of the same tuple: the kernel sends DESTROY(old) and removes it, then makes
+# the new entry, often with the same id, and sends NEW(new) a moment after inserting it. So a dump that shows
+# the new entry always comes after DESTROY(old), and before or after NEW(new).
+
+
+@pytest.mark.parametrize("new_event", ["before the batch", "after the batch", "after end_dump"])
+def test_a_reused_id_counts_the_old_connection_by_its_destroy_and_the_new_one_once(new_event: str) -> None:
+    tracker = ConnectionTracker()
+    dump(tracker)
+    dump(tracker, entry(5, 40000, 100, 100))  # the old connection, read once
+    tracker.begin_dump()
+    tracker.observe_events(gone(entry(5, 40000, 130, 900)), NOW)
+    if new_event == "before the batch":
+        tracker.observe_events(new(entry(5, 40000)), NOW)
+    tracker.observe_dump([entry(5, 40000, 400, 40)], NOW)  # the new one: more sent, less received than the old
+    if new_event == "after the batch":
+        tracker.observe_events(new(entry(5, 40000)), NOW)
+    tracker.end_dump(True)
+    if new_event == "after end_dump":
+        tracker.observe_events(new(entry(5, 40000)), NOW)
+    first = tracker.take()
+    later = dump(tracker, entry(5, 40000, 450, 70))
+    tracker.observe_events(gone(entry(5, 40000, 500, 75)), NOW)
+    last = tracker.take()
+    assert opened_count(first) + opened_count(later) + opened_count(last) == 1  # the new one; the old was counted
+    sent = sum(sum(d.sent.values()) for d in (first, later, last))
+    received = sum(sum(d.received.values()) for d in (first, later, last))
+    assert (sent, received) == (30 + 500, 800 + 75)  # the old one's last bytes, then all of the new one's
+    assert tracker.totals.vanished == 0

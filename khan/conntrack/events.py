@@ -25,6 +25,7 @@ import structlog
 from khan.conntrack.decode import Flow, Template, decode_chunk
 from khan.conntrack.namespace import entered
 from khan.conntrack.netlink import NETLINK_NETFILTER, ConntrackError, describe_error
+from khan.logs import RateLimiter
 
 log = structlog.get_logger("khan.events")
 
@@ -93,12 +94,24 @@ def open_event_socket(buffer_bytes: int = EVENT_RCVBUF_BYTES) -> socket.socket:
     return sock
 
 
+class BatchRead(NamedTuple):
+    received: int  # bytes
+    events: int
+    overflowed: bool  # ENOBUFS: the kernel dropped events
+    failed: bool  # an error was logged
+
+
 Handler = Callable[[list[Event], int], None]  # (events in arrival order, unix seconds)
 
 
 class EventReader:
-    """A thread that reads events and hands them to `handle` in batches; `on_overflow` is called (from the
-    thread) after every ENOBUFS. Never raises out of the thread: an error is logged and reading goes on."""
+    """A thread that reads events and hands them to `handle` in batches; `on_overflow` is called after every
+    ENOBUFS. Never raises out of the thread: an error is logged and reading goes on.
+
+    `catch_up()` lets a poll read what is queued from its own thread, between two dump batches: the kernel queues
+    an event before the dump can show the change behind it, so a poll that catches up before counting each
+    batch sees events and dump in the kernel's order. One lock covers reading and handing over, whoever reads,
+    so events reach `handle` in the order the kernel sent them."""
 
     def __init__(
         self,
@@ -116,6 +129,11 @@ class EventReader:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._drops_at_start = 0
+        self._reading = threading.Lock()
+        self._buf = bytearray(RECEIVE_BYTES)
+        self._templates: dict[int, list[Template]] = {}
+        self._queue_bytes = buffer_bytes  # what the socket can hold; the kernel reports the real size at start
+        self._errors = RateLimiter(period=60.0)  # a poll catches up before every batch: an error would repeat
 
     def start(self) -> None:
         """Subscribe (in the reader's namespace) and start reading. Raises ConntrackError if not permitted."""
@@ -123,6 +141,7 @@ class EventReader:
             self._sock = open_event_socket(self._buffer_bytes)
         self._sock.setblocking(False)
         self._drops_at_start = _meminfo_drops(self._sock) or 0
+        self._queue_bytes = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         self._thread = threading.Thread(target=self._run, name="khan-events", daemon=True)
         self._thread.start()
 
@@ -130,68 +149,97 @@ class EventReader:
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        if self._sock is not None:
-            self._sock.close()
+        if self._reading.acquire(timeout=timeout):  # not while a batch is being read or handed over
+            try:
+                if self._sock is not None:
+                    self._sock.close()
+                    self._sock = None
+            finally:
+                self._reading.release()
 
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+    def catch_up(self) -> None:
+        """Hand over every event queued so far, from the calling thread. Reads at most one socket buffer's
+        worth (all that can have been queued when it was called), so a storm cannot hold the caller for ever."""
+        with self._reading:
+            read = 0
+            while self._sock is not None and read < self._queue_bytes:
+                batch = self._read_batch()
+                read += batch.received
+                if batch.overflowed or batch.failed or batch.events < BATCH_MESSAGES:
+                    return
 
     def _run(self) -> None:
         sock = self._sock
         assert sock is not None
-        buf = bytearray(RECEIVE_BYTES)
-        templates: dict[int, list[Template]] = {}
         readable = select.poll()
         readable.register(sock, select.POLLIN)
         while not self._stopping.is_set():
             if not readable.poll(250):  # milliseconds: how soon stop() is noticed
                 continue
-            events: list[Event] = []
-            overflowed = False
-            try:
-                overflowed = self._receive(sock, buf, templates, events)
-            except Exception as exc:  # a bug or an odd kernel must not end event counting for good
-                log.exception("event_read_failed", error=repr(exc))
-                time.sleep(1.0)
-            stats = self.stats
-            opened = sum(1 for event in events if event.opened)
-            stats.new += opened
-            stats.destroy += len(events) - opened
-            if events:
-                try:
-                    self._handle(events, int(time.time()))
-                except Exception as exc:
-                    log.exception("event_handling_failed", error=repr(exc))
-            if overflowed:
-                stats.overflows += 1
-                drops = _meminfo_drops(sock)
-                if drops is not None:
-                    stats.dropped = drops - self._drops_at_start
-                self._on_overflow()
-            elif len(events) < BATCH_MESSAGES:
+            with self._reading:
+                if self._sock is None:
+                    return
+                batch = self._read_batch()
+            if batch.failed:
+                self._stopping.wait(1.0)  # an error that repeats must not spin
+            elif not batch.overflowed and batch.events < BATCH_MESSAGES:
                 self._stopping.wait(COALESCE_SECONDS)
 
-    def _receive(
-        self,
-        sock: socket.socket,
-        buf: bytearray,
-        templates: dict[int, list[Template]],
-        events: list[Event],
-    ) -> bool:
-        """Drain what is queued, up to a batch. True after ENOBUFS."""
+    def _read_batch(self) -> BatchRead:
+        """Read up to a batch, hand it over, report an overflow; the caller holds `_reading`. Never raises: a bug
+        or an odd kernel must not end event counting, nor fail the poll that caught up."""
+        sock = self._sock
+        assert sock is not None
+        events: list[Event] = []
+        received = 0
+        overflowed = failed = False
+        try:
+            received, overflowed = self._receive(sock, events)
+        except Exception as exc:
+            self._log_error("event_read_failed", exc)
+            failed = True
+        stats = self.stats
+        opened = sum(1 for event in events if event.opened)
+        stats.new += opened
+        stats.destroy += len(events) - opened
+        if events:
+            try:
+                self._handle(events, int(time.time()))
+            except Exception as exc:
+                self._log_error("event_handling_failed", exc)
+        if overflowed:
+            stats.overflows += 1
+            drops = _meminfo_drops(sock)
+            if drops is not None:
+                stats.dropped = drops - self._drops_at_start
+            try:
+                self._on_overflow()
+            except Exception as exc:
+                self._log_error("event_overflow_handling_failed", exc)
+        return BatchRead(received, len(events), overflowed, failed)
+
+    def _log_error(self, event: str, exc: Exception) -> None:
+        allowed, held = self._errors.allow(event)
+        if allowed:
+            log.exception(event, error=repr(exc), suppressed_since_last=held)
+
+    def _receive(self, sock: socket.socket, events: list[Event]) -> tuple[int, bool]:
+        """Drain what is queued, up to a batch. Returns (bytes read, ENOBUFS seen)."""
+        buf, templates = self._buf, self._templates
         opened: list[Flow] = []
         destroyed: list[Flow] = []
         add = events.append
+        received = 0
         for _ in range(BATCH_MESSAGES):
             try:
                 length = sock.recv_into(buf)
             except BlockingIOError:
-                return False
+                return received, False
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:
-                    return True
+                    return received, True
                 raise
+            received += length
             result = decode_chunk(buf, length, opened, templates, destroyed)
             if result.malformed:
                 self.stats.malformed += result.malformed
@@ -202,4 +250,4 @@ class EventReader:
                 add(Event(False, flow))
             opened.clear()
             destroyed.clear()
-        return False
+        return received, False

@@ -3,13 +3,19 @@
 Two sources feed one state. A dump (every poll) is the whole table: an entry not known before is new, a known
 entry's counters grew by their difference. Events (ctnetlink NEW and DESTROY, when subscribed) catch what a dump
 never sees, a connection opened and closed between two polls, and DESTROY carries its final counters. Both may
-report the same connection, in either order; one record per live entry makes each counted once. The event
-reader and the poller run in different threads, so every method takes the tracker's lock.
+report the same connection; one record per live entry makes each counted once. The event reader and the poller
+run in different threads, so every method takes the tracker's lock.
+
+Order: the kernel queues an event before a dump can show the change behind it (a DESTROY goes out before the
+entry leaves the table, so before a new entry can take its tuple; the entries a dump evicts because they expired
+send theirs while the dump runs). The poll therefore hands over every queued event before it counts each
+received batch, and again before `end_dump`. The tracker then only has to handle events that are newer than
+the batch they are applied before: a DESTROY during a dump makes the dump's copy of that identity stale.
 
 Identity: the kernel's conntrack id is 32 bits (a hash of the entry's address and original tuple), so among a few
 hundred thousand live entries some share one; the ports are folded in to keep those apart. An id that comes
-back for a new connection with the same tuple (the slot reused between two looks) shows as counters going
-backwards, which counts as a new connection.
+back for a new connection with the same tuple is told apart by the old one's DESTROY; without it (events off, or
+lost) a dump sees counters going backwards, which counts as a new connection.
 """
 
 from __future__ import annotations
@@ -81,7 +87,7 @@ class ConnectionTracker:
         self._vanished: dict[int, Record] = {}
         self._baseline_done = False
         # Events were lost and no complete dump has begun since: a DESTROY of an unknown entry may then be a
-        # connection whose NEW was lost. Otherwise it is one that predates khan, or that a dump saw expire.
+        # connection whose NEW was lost. Otherwise it is one that predates khan.
         self._lossy = False
         self._loss_during_dump = False
         self._deltas = Deltas()
