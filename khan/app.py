@@ -78,7 +78,7 @@ class Agent:
             loop = asyncio.get_running_loop()
             reader = EventReader(
                 self.counting.tracker.observe_events,
-                lambda: self._resync_from_thread(loop),
+                lambda dropped: self._resync_from_thread(loop, dropped),
                 self.settings.netns,
                 self.settings.event_buffer_bytes,
             )
@@ -111,8 +111,8 @@ class Agent:
         if events == 0 and self.settings.events != "off":
             log.warning("events_off_in_kernel", sysctl="net.netfilter.nf_conntrack_events=0", counting="dumps only")
 
-    def _resync_from_thread(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.counting.tracker.mark_loss()
+    def _resync_from_thread(self, loop: asyncio.AbstractEventLoop, dropped: int | None) -> None:
+        self.counting.tracker.mark_loss(dropped)
         if self._resync is not None:
             loop.call_soon_threadsafe(self._resync.set)
 

@@ -102,6 +102,7 @@ class BatchRead(NamedTuple):
 
 
 Handler = Callable[[list[Event], int], None]  # (events in arrival order, unix seconds)
+LossHandler = Callable[[int | None], None]  # the kernel's count of events dropped since start, None if unknown
 
 
 class EventReader:
@@ -116,7 +117,7 @@ class EventReader:
     def __init__(
         self,
         handle: Handler,
-        on_overflow: Callable[[], None],
+        on_overflow: LossHandler,
         netns: str | None = None,
         buffer_bytes: int = EVENT_RCVBUF_BYTES,
     ) -> None:
@@ -213,7 +214,7 @@ class EventReader:
             if drops is not None:
                 stats.dropped = drops - self._drops_at_start
             try:
-                self._on_overflow()
+                self._on_overflow(None if drops is None else stats.dropped)
             except Exception as exc:
                 self._log_error("event_overflow_handling_failed", exc)
         return BatchRead(received, len(events), overflowed, failed)

@@ -36,6 +36,8 @@ class CounterView:
     expired: Mapping[str, int] = field(default_factory=dict)  # family name -> series expired since start
     tracked: int = 0
     vanished: int = 0
+    recovered: int = 0
+    possibly_missed: int = 0
 
 
 class Counting:
@@ -102,4 +104,6 @@ class Counting:
             expired=MappingProxyType({name: store.expired for name, store in stores.items()}),
             tracked=len(tracker),
             vanished=tracker.totals.vanished,
+            recovered=tracker.totals.recovered,
+            possibly_missed=tracker.totals.possibly_missed,
         )

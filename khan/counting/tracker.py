@@ -15,7 +15,7 @@ the batch they are applied before: a DESTROY during a dump makes the dump's copy
 Identity: the kernel's conntrack id is 32 bits (a hash of the entry's address and original tuple), so among a few
 hundred thousand live entries some share one; the ports are folded in to keep those apart. An id that comes
 back for a new connection with the same tuple is told apart by the old one's DESTROY; without it (events off, or
-lost) a dump sees counters going backwards, which counts as a new connection.
+lost) a dump sees counters going backwards, which counts as a new connection and the old one as vanished.
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ class TrackerTotals:
 
     vanished: int = 0  # entries gone from the table with no DESTROY seen: their last bytes are unknown
     reused: int = 0  # ids that came back for a new connection between two looks
-    destroyed_unknown: int = 0  # DESTROY events for entries never seen, after lost events: counted then
+    recovered: int = 0  # connections whose NEW event was lost, counted anyway: found by a dump, or by their DESTROY
+    possibly_missed: int = 0  # an upper bound on connections whose NEW and DESTROY were both lost: counted nowhere
 
 
 _DUMP_FIELDS = attrgetter("id", "sport", "dport", "orig_bytes", "reply_bytes")  # one C call per entry
@@ -90,6 +91,12 @@ class ConnectionTracker:
         # connection whose NEW was lost. Otherwise it is one that predates khan.
         self._lossy = False
         self._loss_during_dump = False
+        # The loss window's accounts, settled by the first complete dump that begins after the last loss: the
+        # kernel's drop count (None: unknown), and what explains dropped events (recovered, gone unannounced).
+        self._dropped: int | None = 0
+        self._dropped_settled = 0
+        self._recovered_settled = 0
+        self._gone_unannounced = 0
         self._deltas = Deltas()
         # While a dump runs: the records it has read, and what events did meanwhile.
         self._dumping: dict[int, Record] | None = None
@@ -125,11 +132,13 @@ class ConnectionTracker:
             self._floor = -1  # every entry is a candidate until there are twice as many as kept
             self._loss_during_dump = False
 
-    def mark_loss(self) -> None:
-        """Events were dropped (ENOBUFS); the caller resynchronises with a dump."""
+    def mark_loss(self, dropped: int | None = None) -> None:
+        """Events were dropped (ENOBUFS); the caller resynchronises with a dump. `dropped`: the kernel's count of
+        events dropped since start (None if unknown)."""
         with self.lock:
             self._lossy = True
             self._loss_during_dump = self._dumping is not None
+            self._dropped = dropped
 
     def observe_dump(self, batch: Iterable[Flow], now: int) -> None:
         """One received batch of the dump under way. This runs once per entry: keep it lean."""
@@ -140,6 +149,7 @@ class ConnectionTracker:
             live_pop = self._live.pop
             gone = self._gone_during
             counting = self._baseline_done
+            lossy = self._lossy
             deltas = self._deltas
             sent, received = deltas.sent, deltas.received
             candidates, floor, crowded = self._candidates, self._floor, 2 * self._heaviest_kept
@@ -162,8 +172,11 @@ class ConnectionTracker:
                     dumping[ident] = (ob, rb, now)
                     if counting:
                         self._count_new(flow, ob, rb)
-                elif ob < seen[0] or rb < seen[1]:  # the same identity, a new connection
+                        if lossy:  # its NEW event was among the lost ones
+                            self.totals.recovered += 1
+                elif ob < seen[0] or rb < seen[1]:  # the same identity, a new connection; no DESTROY for the old one
                     self.totals.reused += 1
+                    self.totals.vanished += 1
                     dumping[ident] = (ob, rb, now)
                     self._count_new(flow, ob, rb)
                 else:
@@ -191,8 +204,11 @@ class ConnectionTracker:
             if complete:
                 self.totals.vanished += len(self._vanished)  # no DESTROY came for them since the last dump
                 self._vanished = live
-                if not self._loss_during_dump:
-                    self._lossy = False
+                if self._lossy:
+                    self._gone_unannounced += len(live)
+                    if not self._loss_during_dump:
+                        self._settle_loss()
+                        self._lossy = False
             else:
                 for ident, record in live.items():
                     dumping.setdefault(ident, record)
@@ -206,6 +222,21 @@ class ConnectionTracker:
                 HeavyFlow(flow, total, dumping.get(identity(flow), (0, 0, 0))[2]) for total, flow in self._candidates
             ]
             self._candidates = []
+
+    def _settle_loss(self) -> None:
+        """The loss window is closed. Every dropped event was a NEW or a DESTROY. A lost NEW shows as a
+        connection recovered later; a lost DESTROY as an entry gone without one. Dropped events that neither
+        explains were pairs: connections opened and closed unseen. Rounded up, as the bound must hold."""
+        totals = self.totals
+        dropped = self._dropped
+        if dropped is not None:
+            explained = totals.recovered - self._recovered_settled + self._gone_unannounced
+            unexplained = dropped - self._dropped_settled - explained
+            if unexplained > 0:
+                totals.possibly_missed += (unexplained + 1) // 2
+            self._dropped_settled = dropped
+        self._recovered_settled = totals.recovered
+        self._gone_unannounced = 0
 
     # Events.
 
@@ -238,7 +269,7 @@ class ConnectionTracker:
         ob, rb = flow.orig_bytes, flow.reply_bytes
         if seen is None:
             if self._lossy and self._baseline_done:  # its NEW event was among the lost ones
-                self.totals.destroyed_unknown += 1
+                self.totals.recovered += 1
                 self._count_new(flow, ob, rb)
             return
         pob, prb, _ = seen

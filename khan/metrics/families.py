@@ -89,6 +89,18 @@ ENTRIES_VANISHED = MetricSpec(
     "counter",
     "Entries that left the table with no DESTROY event seen: their bytes since the previous poll are not counted.",
 )
+CONNECTIONS_RECOVERED = MetricSpec(
+    "khan_connections_recovered_total",
+    "counter",
+    "Connections whose NEW event was dropped but that were counted anyway: found by the dump that resynchronised, "
+    "or by their DESTROY event (with exact bytes).",
+)
+CONNECTIONS_POSSIBLY_MISSED = MetricSpec(
+    "khan_connections_possibly_missed_total",
+    "counter",
+    "At most this many connections opened and closed with both their NEW and DESTROY events dropped, so they are "
+    "counted nowhere: dropped events that neither a recovered connection nor a vanished entry explains, halved.",
+)
 EVENTS_SUBSCRIBED = MetricSpec(
     "khan_events_subscribed",
     "gauge",
@@ -192,6 +204,8 @@ ALL: tuple[MetricSpec, ...] = (
     SERIES_EXPIRED,
     TRACKED_ENTRIES,
     ENTRIES_VANISHED,
+    CONNECTIONS_RECOVERED,
+    CONNECTIONS_POSSIBLY_MISSED,
     EVENTS_SUBSCRIBED,
     EVENTS,
     EVENT_OVERFLOWS,
