@@ -4,7 +4,9 @@ Fills a private network namespace's table with 262,144 UDP flows (many client po
 a few ports), then alternates `conntrack -L > /dev/null` and `khan snapshot > /dev/null` inside it and reports
 medians of wall time and peak RSS, checks that khan counted every entry, and times the agent's own poll
 (imports excluded): plain, and with counters and aggregation on as the agent runs them (a Counting tracker,
---aggregate workload, --max-series 10000; the first such poll is the tracker's baseline, later ones are timed).
+--aggregate workload, --max-series 10000; the first such poll is the tracker's baseline, later ones are timed),
+and that poll again with events subscribed, as the agent polls by default: it hands over the queued events
+before each batch of the dump (a quiet table: what the catch-up itself costs), timed alternately with the first.
 Also reports what the tracker's state of a full table costs in memory (RSS growth, and tracemalloc of one fresh
 tracker). Run as root. Everything it makes is removed on exit.
 
@@ -23,10 +25,12 @@ import subprocess
 import sys
 import time
 import tracemalloc
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import khan
+from khan.conntrack.events import EventReader
 from khan.counting.counters import Counting
 from khan.inventory.index import Inventory, build_inventory
 from khan.lab import FILL_DESTINATIONS, FILL_PORTS, FILL_SOURCES, fill_udp_flows, table_namespace
@@ -92,9 +96,13 @@ class CountingPolls:
     peak_mb: float  # tracemalloc peak during that poll
 
 
-def poll_counting(inventory: Inventory, counting: Counting) -> tuple[float, int, int]:
+def poll_counting(
+    inventory: Inventory, counting: Counting, catch_up: Callable[[], None] | None = None
+) -> tuple[float, int, int]:
     """One agent poll with counters on: (seconds, connections opened in the counters, series served)."""
-    result = poll(inventory, "bench", NETNS, policy=WORKLOAD, counting=counting, max_series=MAX_SERIES)
+    result = poll(
+        inventory, "bench", NETNS, policy=WORKLOAD, counting=counting, max_series=MAX_SERIES, catch_up_events=catch_up
+    )
     opened = sum(result.counters.opened.values()) if result.counters is not None else 0
     return result.duration_seconds, opened, len(result.connections)
 
@@ -139,6 +147,27 @@ def counting_polls(inventory: Inventory) -> CountingPolls:
     )
 
 
+def events_polls(inventory: Inventory) -> tuple[list[float], list[float]]:
+    """Steady polls with counters on, without and with events (and their catch-up), alternately."""
+    plain = Counting(max_series=MAX_SERIES, ttl_seconds=TTL_SECONDS)
+    subscribed = Counting(max_series=MAX_SERIES, ttl_seconds=TTL_SECONDS)
+    reader = EventReader(subscribed.tracker.observe_events, subscribed.tracker.mark_loss, NETNS)
+    reader.start()
+    try:
+        poll_counting(inventory, plain)
+        poll_counting(inventory, subscribed, reader.catch_up)
+        without, with_events = [], []
+        for run in range(RUNS):  # which goes first alternates too: the second of two polls runs on a warmer cache
+            if run % 2:
+                with_events.append(poll_counting(inventory, subscribed, reader.catch_up)[0])
+            without.append(poll_counting(inventory, plain)[0])
+            if not run % 2:
+                with_events.append(poll_counting(inventory, subscribed, reader.catch_up)[0])
+    finally:
+        reader.stop()
+    return without, with_events
+
+
 def main() -> None:
     if os.geteuid() != 0:
         raise SystemExit("the benchmark needs root (it builds a network namespace)")
@@ -160,6 +189,7 @@ def main() -> None:
         inventory = build_inventory(())
         polls = [poll(inventory, "bench", NETNS).duration_seconds for _ in range(RUNS)]
         counted_polls = counting_polls(inventory)
+        without_events, with_events = events_polls(inventory)
 
     ct_wall = statistics.median(w for w, _ in conntrack_runs)
     khan_wall = statistics.median(w for w, _ in khan_runs)
@@ -188,6 +218,9 @@ def main() -> None:
         f" steady-state polls: {', '.join(f'{p:.2f}' for p in counted_polls.steady_seconds)} s",
         f"counters on: tracker holds {counted_polls.tracked} live entries; {counted_polls.opened} counted as opened"
         f" after the baseline (expected 0: the table does not change); {counted_polls.series} khan_connection series",
+        f"events on (catch-up before every batch of the dump): {statistics.median(with_events):.3f} s against"
+        f" {statistics.median(without_events):.3f} s without, alternating, medians of {RUNS}"
+        f" ({statistics.median(with_events) / statistics.median(without_events):.3f}x)",
         f"tracker memory: agent RSS +{counted_polls.rss_growth_mb:.0f} MB once it tracks the full table (peak RSS"
         f" +{counted_polls.maxrss_growth_mb:.0f} MB); tracemalloc of a fresh tracker: {counted_polls.held_mb:.1f} MB"
         f" held after its first poll, {counted_polls.peak_mb:.1f} MB peak during it",
