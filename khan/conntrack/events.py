@@ -96,8 +96,7 @@ def open_event_socket(buffer_bytes: int = EVENT_RCVBUF_BYTES) -> socket.socket:
 
 class BatchRead(NamedTuple):
     received: int  # bytes
-    events: int
-    overflowed: bool  # ENOBUFS: the kernel dropped events
+    drained: bool  # the queue was empty at the end: what was queued when the read began has been handed over
     failed: bool  # an error was logged
 
 
@@ -106,13 +105,17 @@ LossHandler = Callable[[int | None], None]  # the kernel's count of events dropp
 
 
 class EventReader:
-    """A thread that reads events and hands them to `handle` in batches; `on_overflow` is called after every
-    ENOBUFS. Never raises out of the thread: an error is logged and reading goes on.
+    """A thread that reads events and hands them to `handle` in batches. Never raises out of the thread: an error
+    is logged and reading goes on.
 
-    `catch_up()` lets a poll read what is queued from its own thread, between two dump batches: the kernel queues
-    an event before the dump can show the change behind it, so a poll that catches up before counting each
-    batch sees events and dump in the kernel's order. One lock covers reading and handing over, whoever reads,
-    so events reach `handle` in the order the kernel sent them."""
+    `catch_up()` lets a poll read what is queued from its own thread, between two dump batches: the kernel sends a
+    DESTROY before its entry leaves the table (and the entries a dump evicts send theirs while it runs), so a poll
+    that catches up before counting each batch sees events and dump in the kernel's order. One lock covers
+    reading and handing over, whoever reads, so events reach `handle` in the order the kernel sent them.
+
+    Losses: once the socket overflows, the kernel reports ENOBUFS once and then drops every event until the
+    queue has been read empty. The events queued before the overflow are still read and handed over; when the
+    queue is empty (the kernel delivers again), `on_overflow` gets the kernel's final count of dropped events."""
 
     def __init__(
         self,
@@ -133,7 +136,8 @@ class EventReader:
         self._reading = threading.Lock()
         self._buf = bytearray(RECEIVE_BYTES)
         self._templates: dict[int, list[Template]] = {}
-        self._queue_bytes = buffer_bytes  # what the socket can hold; the kernel reports the real size at start
+        self._queue_bytes = buffer_bytes  # the socket's buffer as the kernel sized it (set at start)
+        self._overflow_pending = False  # ENOBUFS seen, the queue not yet read empty: the kernel is still dropping
         self._errors = RateLimiter(period=60.0)  # a poll catches up before every batch: an error would repeat
 
     def start(self) -> None:
@@ -150,23 +154,25 @@ class EventReader:
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        if self._reading.acquire(timeout=timeout):  # not while a batch is being read or handed over
-            try:
-                if self._sock is not None:
-                    self._sock.close()
-                    self._sock = None
-            finally:
+        locked = self._reading.acquire(timeout=timeout)  # not while a batch is read or handed over, if it can wait
+        try:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+        finally:
+            if locked:
                 self._reading.release()
 
     def catch_up(self) -> None:
-        """Hand over every event queued so far, from the calling thread. Reads at most one socket buffer's
-        worth (all that can have been queued when it was called), so a storm cannot hold the caller for ever."""
+        """Hand over every event queued so far, from the calling thread. Stops once the queue is empty, or after
+        reading as many bytes as the socket's buffer holds (more than can have been queued when it was called),
+        so that a storm cannot hold the caller for ever."""
         with self._reading:
             read = 0
             while self._sock is not None and read < self._queue_bytes:
                 batch = self._read_batch()
                 read += batch.received
-                if batch.overflowed or batch.failed or batch.events < BATCH_MESSAGES:
+                if batch.drained or batch.failed:
                     return
 
     def _run(self) -> None:
@@ -183,19 +189,19 @@ class EventReader:
                 batch = self._read_batch()
             if batch.failed:
                 self._stopping.wait(1.0)  # an error that repeats must not spin
-            elif not batch.overflowed and batch.events < BATCH_MESSAGES:
+            elif batch.drained:
                 self._stopping.wait(COALESCE_SECONDS)
 
     def _read_batch(self) -> BatchRead:
-        """Read up to a batch, hand it over, report an overflow; the caller holds `_reading`. Never raises: a bug
-        or an odd kernel must not end event counting, nor fail the poll that caught up."""
+        """Read up to a batch, hand it over, report a loss once the queue is empty; the caller holds `_reading`.
+        Never raises: a bug or an odd kernel must not end event counting, nor fail the poll that caught up."""
         sock = self._sock
         assert sock is not None
         events: list[Event] = []
         received = 0
-        overflowed = failed = False
+        drained = failed = False
         try:
-            received, overflowed = self._receive(sock, events)
+            received, drained = self._receive(sock, events)
         except Exception as exc:
             self._log_error("event_read_failed", exc)
             failed = True
@@ -208,8 +214,8 @@ class EventReader:
                 self._handle(events, int(time.time()))
             except Exception as exc:
                 self._log_error("event_handling_failed", exc)
-        if overflowed:
-            stats.overflows += 1
+        if drained and self._overflow_pending:
+            self._overflow_pending = False
             drops = _meminfo_drops(sock)
             if drops is not None:
                 stats.dropped = drops - self._drops_at_start
@@ -217,7 +223,7 @@ class EventReader:
                 self._on_overflow(None if drops is None else stats.dropped)
             except Exception as exc:
                 self._log_error("event_overflow_handling_failed", exc)
-        return BatchRead(received, len(events), overflowed, failed)
+        return BatchRead(received, drained, failed)
 
     def _log_error(self, event: str, exc: Exception) -> None:
         allowed, held = self._errors.allow(event)
@@ -225,7 +231,7 @@ class EventReader:
             log.exception(event, error=repr(exc), suppressed_since_last=held)
 
     def _receive(self, sock: socket.socket, events: list[Event]) -> tuple[int, bool]:
-        """Drain what is queued, up to a batch. Returns (bytes read, ENOBUFS seen)."""
+        """Read what is queued, up to a batch of messages. Returns (bytes read, whether the queue is empty)."""
         buf, templates = self._buf, self._templates
         opened: list[Flow] = []
         destroyed: list[Flow] = []
@@ -235,11 +241,14 @@ class EventReader:
             try:
                 length = sock.recv_into(buf)
             except BlockingIOError:
-                return received, False
+                return received, True
             except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
-                    return received, True
-                raise
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                # Reported once per overflow; what was queued before it is still there to read.
+                self.stats.overflows += 1
+                self._overflow_pending = True
+                continue
             received += length
             result = decode_chunk(buf, length, opened, templates, destroyed)
             if result.malformed:
