@@ -21,6 +21,7 @@ lost) a dump sees counters going backwards, which counts as a new connection and
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from operator import attrgetter, itemgetter
@@ -38,6 +39,10 @@ TransactionKey = tuple[int, bytes, int, bytes, int]
 Record = tuple[int, int, int]
 
 HEAVIEST_KEPT = 10_000  # the most flows /flows may list, kept from each dump by total bytes
+# A DESTROY goes out a moment before its entry leaves the table, so a dump that begins just after one may still
+# copy the entry: the identities of the last DESTROYs before a dump are stale there too. A few hundred cover
+# far more than that moment, even at tens of thousands of events a second.
+RECENT_DESTROYS = 1024
 
 
 class HeavyFlow(NamedTuple):
@@ -91,17 +96,19 @@ class ConnectionTracker:
         # connection whose NEW was lost. Otherwise it is one that predates khan.
         self._lossy = False
         self._loss_during_dump = False
-        # The loss window's accounts, settled by the first complete dump that begins after the last loss: the
-        # kernel's drop count (None: unknown), and what explains dropped events (recovered, gone unannounced).
-        self._dropped: int | None = 0
-        self._dropped_settled = 0
-        self._recovered_settled = 0
-        self._gone_unannounced = 0
+        # What lost events cost is settled once every explanation of them is in: after the first complete dump
+        # that begins after the last loss (it finds the open connections whose NEW was lost) and the complete
+        # dump after it (it confirms which entries left without a DESTROY).
+        self._dropped: int | None = 0  # the kernel's count of dropped events at the last loss; None: unknown
+        self._settle_after_next_dump = False
+        self._silently_gone = 0  # entries made while khan listened that left without a DESTROY: one lost each
+        self._baseline_second = 0  # records first seen after it were made while khan listened
         self._deltas = Deltas()
         # While a dump runs: the records it has read, and what events did meanwhile.
         self._dumping: dict[int, Record] | None = None
         self._added_during: set[int] = set()
         self._gone_during: set[int] = set()
+        self._recent_gone: deque[int] = deque(maxlen=RECENT_DESTROYS)  # DESTROYs since the last dump began
         self._heaviest_kept = heaviest_kept
         self._candidates: list[tuple[int, Flow]] = []
         self._floor = 0
@@ -127,7 +134,8 @@ class ConnectionTracker:
         with self.lock:
             self._dumping = {}
             self._added_during = set()
-            self._gone_during = set()
+            self._gone_during = set(self._recent_gone)
+            self._recent_gone.clear()
             self._candidates = []
             self._floor = -1  # every entry is a candidate until there are twice as many as kept
             self._loss_during_dump = False
@@ -154,6 +162,8 @@ class ConnectionTracker:
             sent, received = deltas.sent, deltas.received
             candidates, floor, crowded = self._candidates, self._floor, 2 * self._heaviest_kept
             fields = _DUMP_FIELDS
+            if not counting:
+                self._baseline_second = now
             for flow in batch:
                 ct_id, sport, dport, ob, rb = fields(flow)
                 ident = ct_id | sport << 32 | dport << 48
@@ -161,7 +171,12 @@ class ConnectionTracker:
                     candidates.append((ob + rb, flow))
                     if len(candidates) >= crowded:
                         floor = self._trim_candidates()
-                if ident in gone:  # destroyed after the dump read it: a stale copy (a NEW may have reused the id)
+                if ident in gone:
+                    # Destroyed after (or just before) the dump copied it: a stale copy, or a new connection that
+                    # reused the id, read before its NEW. Either way what events said stands; the next look counts.
+                    seen = live_pop(ident, None)
+                    if seen is not None:  # the reopened connection's NEW came first
+                        dumping.setdefault(ident, seen)
                     continue
                 seen = live_pop(ident, None)
                 if seen is not None and seen[0] == ob and seen[1] == rb:  # most entries: idle since the last look
@@ -177,6 +192,8 @@ class ConnectionTracker:
                 elif ob < seen[0] or rb < seen[1]:  # the same identity, a new connection; no DESTROY for the old one
                     self.totals.reused += 1
                     self.totals.vanished += 1
+                    if seen[2] > self._baseline_second:
+                        self._silently_gone += 1
                     dumping[ident] = (ob, rb, now)
                     self._count_new(flow, ob, rb)
                 else:
@@ -202,13 +219,18 @@ class ConnectionTracker:
                 if record is not None:
                     dumping.setdefault(ident, record)
             if complete:
-                self.totals.vanished += len(self._vanished)  # no DESTROY came for them since the last dump
+                gone = self._vanished  # not in the last complete dump, and no DESTROY came for them since
+                self.totals.vanished += len(gone)
+                baseline = self._baseline_second
+                self._silently_gone += sum(1 for record in gone.values() if record[2] > baseline)
                 self._vanished = live
                 if self._lossy:
-                    self._gone_unannounced += len(live)
                     if not self._loss_during_dump:
-                        self._settle_loss()
                         self._lossy = False
+                        self._settle_after_next_dump = True
+                elif self._settle_after_next_dump:
+                    self._settle_after_next_dump = False
+                    self._settle_loss()
             else:
                 for ident, record in live.items():
                     dumping.setdefault(ident, record)
@@ -224,19 +246,14 @@ class ConnectionTracker:
             self._candidates = []
 
     def _settle_loss(self) -> None:
-        """The loss window is closed. Every dropped event was a NEW or a DESTROY. A lost NEW shows as a
-        connection recovered later; a lost DESTROY as an entry gone without one. Dropped events that neither
-        explains were pairs: connections opened and closed unseen. Rounded up, as the bound must hold."""
-        totals = self.totals
-        dropped = self._dropped
-        if dropped is not None:
-            explained = totals.recovered - self._recovered_settled + self._gone_unannounced
-            unexplained = dropped - self._dropped_settled - explained
-            if unexplained > 0:
-                totals.possibly_missed += (unexplained + 1) // 2
-            self._dropped_settled = dropped
-        self._recovered_settled = totals.recovered
-        self._gone_unannounced = 0
+        """Every event the kernel dropped was a NEW or a DESTROY. A lost NEW shows as a recovered connection, a
+        lost DESTROY as an entry made while khan listened that left without one (entries made before it listened
+        never send events: they explain nothing). The drops that neither explains came in pairs, connections
+        opened and closed unseen. Computed over every drop since start, so it never goes down; rounded up."""
+        if self._dropped is None:
+            return
+        unexplained = self._dropped - self.totals.recovered - self._silently_gone
+        self.totals.possibly_missed = max(self.totals.possibly_missed, (unexplained + 1) // 2)
 
     # Events.
 
@@ -266,6 +283,8 @@ class ConnectionTracker:
         if self._dumping is not None:
             self._gone_during.add(ident)
             seen = self._dumping.pop(ident, None) or seen
+        else:
+            self._recent_gone.append(ident)
         ob, rb = flow.orig_bytes, flow.reply_bytes
         if seen is None:
             if self._lossy and self._baseline_done:  # its NEW event was among the lost ones
