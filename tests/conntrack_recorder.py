@@ -1,6 +1,6 @@
-"""An independent witness: the `conntrack` tool's own event stream (`conntrack -E -o extended,id`) of one lab
-namespace, parsed into records. It shares no code with khan (libnetfilter_conntrack decodes the messages), so the
-tests compare khan's counters with what the kernel itself reported about every connection."""
+"""An independent witness: the `conntrack` tool's own event stream (`conntrack -E -o extended,id,timestamp`) of
+one lab namespace, parsed into records. It shares no code with khan (libnetfilter_conntrack decodes the
+messages), so the tests compare khan's counters with what the kernel itself reported about every connection."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from khan.conntrack.namespace import entered
 
 RECORDER_BUFFER_BYTES = 64 * 1024 * 1024  # far beyond any test's burst: the witness itself must lose nothing
-_EVENT = re.compile(r"^\s*\[(NEW|DESTROY)\]\s+ipv[46]\s+\d+\s+(\w+)\s+(\d+)\s")
+_EVENT = re.compile(r"^\[(\d+\.\d+)\]\s+\[(NEW|DESTROY)\]\s+ipv[46]\s+\d+\s+(\w+)\s+(\d+)\s")
 _ADDRESSES = re.compile(r"\bsrc=(\S+) dst=(\S+)")
 _PORTS = re.compile(r"\bsport=(\d+) dport=(\d+)")
 _BYTES = re.compile(r"\bbytes=(\d+)")
@@ -37,10 +37,11 @@ class Record:
     sent: int  # DESTROY only: the final counters; 0 on NEW
     received: int
     ct_id: int
+    at: float  # unix time at which the tool received it: never before the kernel sent it
 
 
 def parse(line: str) -> Record | None:
-    """A line of `conntrack -E -o extended,id`; None for anything else (the tool's own notices)."""
+    """A line of `conntrack -E -o extended,id,timestamp`; None for anything else (the tool's own notices)."""
     event = _EVENT.match(line)
     if event is None:
         return None
@@ -53,8 +54,8 @@ def parse(line: str) -> Record | None:
     sport, dport = (int(port) for port in ports[0]) if ports else (0, 0)
     sent, received = (octets[0], octets[1]) if len(octets) >= 2 else (0, 0)
     return Record(
-        event.group(1),
-        int(event.group(3)),
+        event.group(2),
+        int(event.group(4)),
         addresses[0][0],
         addresses[0][1],
         sport,
@@ -63,6 +64,7 @@ def parse(line: str) -> Record | None:
         sent,
         received,
         int(ct_id.group(1)),
+        float(event.group(1)),
     )
 
 
@@ -86,6 +88,10 @@ class Recording:
                     self._notices.append(line.strip())
                 else:
                     self._records.append(record)
+
+    def finish(self) -> None:
+        """Read to the end of the output of a tool that has exited."""
+        self._reader.join(timeout=5)
 
     def records(self, keep: Callable[[Record], bool] = lambda _: True) -> list[Record]:
         with self._lock:
@@ -126,10 +132,10 @@ def recording(netns: str) -> Iterator[Recording]:
     """Record NEW and DESTROY events of a named namespace's table until the block ends. Returns once the tool
     is subscribed (a marker datagram's NEW event came through); stops it, whatever happens."""
     argv = ["ip", "netns", "exec", netns, "stdbuf", "-oL", "conntrack", "-E", "-e", "NEW,DESTROY"]
-    argv += ["-o", "extended,id", "-b", str(RECORDER_BUFFER_BYTES)]
+    argv += ["-o", "extended,id,timestamp", "-b", str(RECORDER_BUFFER_BYTES)]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    witness = Recording(process)
     try:
-        witness = Recording(process)
         markers: set[int] = set()
         deadline = time.monotonic() + 10
         while not witness.records(lambda record: record.dport == MARKER_PORT and record.sport in markers):
@@ -137,13 +143,13 @@ def recording(netns: str) -> Iterator[Recording]:
             assert time.monotonic() < deadline, f"conntrack -E recorded nothing: {witness.notices()}"
             markers.add(_mark(netns))  # a new entry each time: one made before the subscription has no event
             time.sleep(0.05)
-        # The markers go at once. With nf_conntrack_events=2 (the default since Linux 6.0) an entry made while
+        # The markers go at once. With nf_conntrack_events=2 (the default since Linux 5.19) an entry made while
         # nobody listened never sends events, so a marker made before the subscription would later leave the
         # table silently, and an agent started meanwhile would count it as vanished.
         delete = ["conntrack", "-D", "-p", "udp", "--orig-src", "127.0.0.1", "--orig-port-dst", str(MARKER_PORT)]
-        subprocess.run(["ip", "netns", "exec", netns, *delete], capture_output=True, check=False)
+        deleted = subprocess.run(["ip", "netns", "exec", netns, *delete], capture_output=True, text=True, check=False)
+        assert deleted.returncode == 0, deleted.stderr
         yield witness
-        assert not any("ENOBUFS" in notice for notice in witness.notices()), witness.notices()
     finally:
         process.terminate()
         try:
@@ -151,3 +157,7 @@ def recording(netns: str) -> Iterator[Recording]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=5)
+        witness.finish()
+    # Only once the tool is gone is every line it wrote read; a witness that lost events is none.
+    lost = [notice for notice in witness.notices() if "ENOBUFS" in notice]
+    assert not lost, lost

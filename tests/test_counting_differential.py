@@ -12,8 +12,6 @@ per pair equal the kernel's, and nothing was lost, vanished or missed."""
 from __future__ import annotations
 
 import contextlib
-import signal
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -24,9 +22,9 @@ import pytest
 
 from khan.lab import CLUSTER_IP, SERVICE_BACKEND, SERVICE_PORT, Lab, fill_udp_flows, private_prefix
 from tests.conntrack_recorder import Record, Recording, recording
-from tests.exposition import KHAN, samples
+from tests.exposition import samples
+from tests.host_agent import host_agent, total
 from tests.scripted_traffic import close, connect, exchange, scripted_server, udp_datagram, udp_responder
-from tests.test_agent_http import free_port, get, wait_ready
 
 pytestmark = pytest.mark.root
 
@@ -67,55 +65,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, Path]]:
         yield lab, inventory
 
 
-# -- the agent -----------------------------------------------------------------------------------------------------
-
-
-class AgentLife:
-    """One `khan agent` process on node1's table, serving on the host's loopback (so scrapes add nothing there)."""
-
-    def __init__(self, lab: Lab, inventory: Path, log: Path) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        argv = [*KHAN, "agent", "--inventory", str(inventory), "--node-name", "node1", "--netns", lab.netns("node1")]
-        argv += ["--listen", f"127.0.0.1:{self.port}", "--interval", INTERVAL, "--log-format", "json"]
-        with log.open("wb") as out:
-            self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            wait_ready(self.base, self.process)
-        except AssertionError as exc:
-            self.stop()
-            raise AssertionError(f"{exc}\n{log.read_text()[-2000:]}") from None
-
-    def metrics(self) -> str:
-        assert self.process.poll() is None, self.log.read_text()[-2000:]
-        status, text = get(self.base + "/metrics")
-        assert status == 200, text
-        return text
-
-    def poll_after(self, moment: float) -> str:
-        """The first exposition of a poll that started after `moment` (unix time)."""
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            text = self.metrics()
-            finished = _sum(text, "khan_last_successful_poll_timestamp_seconds")
-            if finished - _sum(text, "khan_poll_duration_seconds") > moment:
-                return text
-            time.sleep(0.05)
-        raise AssertionError(f"no poll started after {moment}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-
-
-def _sum(text: str, name: str) -> float:
-    return sum(samples(text, name).values())
+# -- khan's account -----------------------------------------------------------------------------------------------
 
 
 def counters(text: str) -> dict[str, Counter[Pair]]:
@@ -229,24 +179,25 @@ def test_opened_and_bytes_per_pair_equal_the_kernels_across_closes_reuse_and_res
     ):
         kept = None  # a connection held open from one life to the next
         for life in range(LIVES):
-            agent = AgentLife(lab_, inventory, tmp_path / f"agent-{life}.log")
-            try:
+            with host_agent(lab_, inventory, tmp_path / f"agent-{life}.log", INTERVAL) as agent:
                 if kept is not None:  # idle across the restart; now it moves again under the new agent
                     exchange(kept, 5_000 + life, 7_000 + life)
                 stop = threading.Event()
                 workers = traffic(lab_, life, stop, errors)
-                if life < LIVES - 1:
-                    if kept is not None:
-                        close(kept, reset=life % 2 == 0)
-                    kept = held.enter_context(connect(lab_, "pod-a", TCP_C))
-                    exchange(kept, 3_000 + life, 11_000 + life)
-                elif kept is not None:
-                    close(kept, reset=False)
-                    kept = None
-                stop.wait(TRAFFIC_SECONDS)
-                stop.set()
-                for worker in workers:
-                    worker.join()
+                try:
+                    if life < LIVES - 1:
+                        if kept is not None:
+                            close(kept, reset=life % 2 == 0)
+                        kept = held.enter_context(connect(lab_, "pod-a", TCP_C))
+                        exchange(kept, 3_000 + life, 11_000 + life)
+                    elif kept is not None:
+                        close(kept, reset=False)
+                        kept = None
+                    stop.wait(TRAFFIC_SECONDS)
+                finally:
+                    stop.set()
+                    for worker in workers:
+                        worker.join()
                 assert errors == []
 
                 # Every test entry but the held one expires; the agent's dumps (or the collector) remove it.
@@ -255,13 +206,11 @@ def test_opened_and_bytes_per_pair_equal_the_kernels_across_closes_reuse_and_res
                     time.sleep(0.1)
                 assert len(open_entries(witness)) == (kept is not None), open_entries(witness)
                 text = agent.poll_after(time.time() + 0.1)
-            finally:
-                agent.stop()
             for kind, values in counters(text).items():
                 khan_total[kind].update(values)
             for name in ("khan_tracked_entries_vanished_total", "khan_events_dropped_total"):
-                assert _sum(text, name) == 0, (life, name)
-            assert _sum(text, "khan_connections_possibly_missed_total") == 0
+                assert total(text, name) == 0, (life, name)
+            assert total(text, "khan_connections_possibly_missed_total") == 0
         assert service_backend.errors == pod_c.errors == []
         kernel = kernel_counters(witness)
     assert sum(kernel["opened"].values()) > 1000
