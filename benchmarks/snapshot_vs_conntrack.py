@@ -151,7 +151,7 @@ def events_polls(inventory: Inventory) -> tuple[list[float], list[float]]:
     """Steady polls with counters on, without and with events (and their catch-up), alternately."""
     plain = Counting(max_series=MAX_SERIES, ttl_seconds=TTL_SECONDS)
     subscribed = Counting(max_series=MAX_SERIES, ttl_seconds=TTL_SECONDS)
-    reader = EventReader(subscribed.tracker.observe_events, subscribed.tracker.mark_loss, NETNS)
+    reader = EventReader(subscribed.tracker.observe_events, subscribed.tracker, NETNS)
     reader.start()
     try:
         poll_counting(inventory, plain)

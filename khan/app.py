@@ -22,7 +22,7 @@ from khan.conntrack.namespace import NamespaceError, entered
 from khan.conntrack.netlink import ConntrackError
 from khan.conntrack.table import ACCT_SYSCTL, enable_accounting
 from khan.counting.counters import Counting
-from khan.counting.tracker import HeavyFlow
+from khan.counting.tracker import ConnectionTracker, HeavyFlow
 from khan.inventory.api_config import ApiConfigError
 from khan.inventory.from_file import InventoryError
 from khan.inventory.source import InventoryProvider, choose_inventory
@@ -75,10 +75,9 @@ class Agent:
         await asyncio.to_thread(self._prepare_table)
         self._resync = asyncio.Event()
         if self.settings.events != "off":
-            loop = asyncio.get_running_loop()
             reader = EventReader(
                 self.counting.tracker.observe_events,
-                lambda dropped: self._resync_from_thread(loop, dropped),
+                _Resync(self.counting.tracker, asyncio.get_running_loop(), self._resync),
                 self.settings.netns,
                 self.settings.event_buffer_bytes,
             )
@@ -110,11 +109,6 @@ class Agent:
             return
         if events == 0 and self.settings.events != "off":
             log.warning("events_off_in_kernel", sysctl="net.netfilter.nf_conntrack_events=0", counting="dumps only")
-
-    def _resync_from_thread(self, loop: asyncio.AbstractEventLoop, dropped: int | None) -> None:
-        self.counting.tracker.mark_loss(dropped)
-        if self._resync is not None:
-            loop.call_soon_threadsafe(self._resync.set)
 
     def transactions_json(self) -> list[dict[str, object]]:
         last = self.health.last
@@ -282,6 +276,23 @@ class Agent:
         allowed, held = self._warnings.allow(event)
         if allowed:
             log.warning(event, suppressed_since_last=held, **context)
+
+
+class _Resync:
+    """Lost events, heard from the event thread: the tracker is told, and once the kernel delivers again the
+    poller dumps at once to find what the lost events would have said."""
+
+    def __init__(self, tracker: ConnectionTracker, loop: asyncio.AbstractEventLoop, wake: asyncio.Event) -> None:
+        self._tracker = tracker
+        self._loop = loop
+        self._wake = wake
+
+    def loss_began(self) -> None:
+        self._tracker.loss_began()
+
+    def loss_ended(self, dropped: int | None) -> None:
+        self._tracker.loss_ended(dropped)
+        self._loop.call_soon_threadsafe(self._wake.set)
 
 
 async def _first_of(*events: asyncio.Event) -> None:

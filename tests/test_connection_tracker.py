@@ -41,6 +41,12 @@ def gone(*flows: Flow) -> list[Event]:
     return [Event(False, flow) for flow in flows]
 
 
+def lose(tracker: ConnectionTracker, dropped: int | None) -> None:
+    """An overflow, over: the kernel dropped events, and delivers again once the socket was read empty."""
+    tracker.loss_began()
+    tracker.loss_ended(dropped)
+
+
 def opened_count(deltas: Deltas) -> int:
     return sum(deltas.opened.values())
 
@@ -133,12 +139,16 @@ def test_a_destroy_of_an_unknown_entry_counts_only_while_events_are_being_lost()
     dump(tracker)
     tracker.observe_events(gone(entry(2, 40001, 10, 10)), NOW)  # no loss: it expired unseen (a dump evicted it)
     assert opened_count(tracker.take()) == 0
-    tracker.mark_loss()
+    tracker.loss_began()
     tracker.observe_events(gone(entry(3, 40002, 10, 10)), NOW)  # its NEW event was among the lost ones
     assert opened_count(tracker.take()) == 1
     assert tracker.totals.recovered == 1
-    dump(tracker)  # the resync: the loss window is closed
+    dump(tracker)  # began while events were still being dropped: the window stays open
     tracker.observe_events(gone(entry(4, 40003, 10, 10)), NOW)
+    assert opened_count(tracker.take()) == 1
+    tracker.loss_ended(dropped=2)
+    dump(tracker)  # the resync: the loss window is closed
+    tracker.observe_events(gone(entry(5, 40004, 10, 10)), NOW)
     assert opened_count(tracker.take()) == 0
 
 
@@ -286,7 +296,7 @@ def test_dropped_events_that_nothing_explains_bound_the_connections_missed() -> 
     dump(tracker, entry(9, 40009, 10, 10))  # the baseline: 9 was made before khan listened
     tracker.observe_events(new(entry(1, 40001), entry(2, 40002)), NOW + 1)
     assert opened_count(tracker.take()) == 2
-    tracker.mark_loss(dropped=11)
+    lose(tracker, dropped=11)
     tracker.observe_events(gone(entry(3, 40003, 50, 50), entry(4, 40004, 50, 50)), NOW + 1)  # their NEW was lost
     resync = dump(tracker, entry(1, 40001, 10, 10), *(entry(i, 40000 + i, 5, 5) for i in (5, 6, 7)), now=NOW + 2)
     assert opened_count(resync) == 2 + 3  # recovered from their DESTROY, and from the dump
@@ -304,7 +314,7 @@ def test_dropped_events_that_nothing_explains_bound_the_connections_missed() -> 
 def test_entries_made_before_khan_listened_explain_no_lost_event() -> None:
     tracker = ConnectionTracker()
     dump(tracker, entry(1, 40001, 10, 10), entry(2, 40002, 10, 10), entry(3, 40003, 10, 10))
-    tracker.mark_loss(dropped=2)  # one connection opened and closed with both events lost
+    lose(tracker, dropped=2)  # one connection opened and closed with both events lost
     dump(tracker, entry(1, 40001, 10, 10), now=NOW + 1)  # 2 and 3 end silently: they never had events
     dump(tracker, entry(1, 40001, 10, 10), now=NOW + 2)
     assert tracker.totals.vanished == 2
@@ -315,28 +325,70 @@ def test_a_loss_during_a_dump_is_settled_only_after_two_later_ones() -> None:
     tracker = ConnectionTracker()
     dump(tracker)
     tracker.begin_dump()
-    tracker.mark_loss(dropped=4)
+    lose(tracker, dropped=4)
     tracker.observe_dump([entry(1, 40000, 5, 5)], NOW + 1)
     tracker.end_dump(True)  # it may have passed the lost entries' places before the loss: not a resync
-    tracker.mark_loss(dropped=6)
+    lose(tracker, dropped=6)
     dump(tracker, entry(1, 40000, 5, 5), now=NOW + 2)  # the resync
     assert tracker.totals.recovered == 1
     assert tracker.totals.possibly_missed == 0
     dump(tracker, entry(1, 40000, 5, 5), now=NOW + 3)  # confirms what left without a DESTROY: nothing
     assert tracker.totals.possibly_missed == 3  # (6 - 1) / 2, rounded up
-    tracker.mark_loss(dropped=6)  # an overflow with no new drops changes nothing
+    lose(tracker, dropped=6)  # an overflow with no new drops changes nothing
     dump(tracker, entry(1, 40000, 5, 5), now=NOW + 4)
     dump(tracker, entry(1, 40000, 5, 5), now=NOW + 5)
     assert tracker.totals.possibly_missed == 3
 
 
-def test_without_the_kernels_drop_count_no_bound_is_made_up() -> None:
+def test_a_dump_that_begins_while_the_kernel_still_drops_events_is_no_resync() -> None:
     tracker = ConnectionTracker()
     dump(tracker)
-    tracker.mark_loss(dropped=None)
+    tracker.loss_began()  # the socket is being read empty; meanwhile every event is dropped
+    dump(tracker, now=NOW + 1)
+    tracker.loss_ended(dropped=4)  # 2 connections opened and closed during it
+    # Delivered again at once: the DESTROY of a connection whose NEW fell in the loss still counts.
+    tracker.observe_events(gone(entry(3, 40003, 70, 30)), NOW + 1)
+    assert opened_count(tracker.take()) == 1
+    dump(tracker, now=NOW + 2)
+    dump(tracker, now=NOW + 3)
+    assert tracker.totals.possibly_missed == 2  # (4 - 1) / 2, rounded up: the bound holds
+
+
+def test_a_connection_found_by_the_resync_before_its_new_arrived_explains_no_lost_event() -> None:
+    tracker = ConnectionTracker()
     dump(tracker)
+    lose(tracker, dropped=2)  # one connection opened and closed with both events lost
+    tracker.begin_dump()
+    tracker.observe_dump([entry(7, 40007), entry(8, 40008)], NOW + 1)
+    tracker.observe_events(new(entry(7, 40007), entry(8, 40008)), NOW + 1)  # sent just after their entries
+    tracker.end_dump(True)
+    deltas = dump(tracker, entry(7, 40007), entry(8, 40008), now=NOW + 2)  # takes the resync's counts too
+    assert opened_count(deltas) == 2  # each once, although found by the dump and announced by a NEW
+    assert tracker.totals.possibly_missed == 1
+
+
+def test_an_interrupted_first_dump_is_no_baseline() -> None:
+    tracker = ConnectionTracker()
+    tracker.begin_dump()
+    tracker.observe_dump([entry(1, 40001, 10, 10)], NOW)
+    tracker.end_dump(False)
+    retry = dump(tracker, entry(1, 40001, 10, 10), entry(2, 40002, 10, 10), now=NOW + 1)
+    assert opened_count(retry) == 0  # 2 was there before khan too: the retry was still the baseline
+    dump(tracker, entry(1, 40001, 10, 10), now=NOW + 5)  # 2 ends silently (it never had events)
+    lose(tracker, dropped=2)
+    dump(tracker, entry(1, 40001, 10, 10), now=NOW + 6)
+    dump(tracker, entry(1, 40001, 10, 10), now=NOW + 7)
+    assert tracker.totals.possibly_missed == 1
+
+
+def test_without_the_kernels_drop_count_no_bound_is_served() -> None:
+    tracker = ConnectionTracker()
     dump(tracker)
-    assert tracker.totals.possibly_missed == 0
+    lose(tracker, dropped=2)
+    lose(tracker, dropped=None)
+    for second in range(3):
+        dump(tracker, now=NOW + 1 + second)
+    assert tracker.totals.possibly_missed is None
 
 
 # -- a DESTROY just before a dump begins ---------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import structlog
 
@@ -101,7 +101,15 @@ class BatchRead(NamedTuple):
 
 
 Handler = Callable[[list[Event], int], None]  # (events in arrival order, unix seconds)
-LossHandler = Callable[[int | None], None]  # the kernel's count of events dropped since start, None if unknown
+
+
+class LossListener(Protocol):
+    """Told when the kernel begins dropping events, and when it delivers again."""
+
+    def loss_began(self) -> None: ...
+
+    def loss_ended(self, dropped: int | None) -> None:
+        """`dropped`: the kernel's count of events dropped since start; None if it cannot be read."""
 
 
 class EventReader:
@@ -114,20 +122,21 @@ class EventReader:
     reading and handing over, whoever reads, so events reach `handle` in the order the kernel sent them.
 
     Losses: once the socket overflows, the kernel reports ENOBUFS once and then drops every event until the
-    queue has been read empty. The events queued before the overflow are still read and handed over; when the
-    queue is empty (the kernel delivers again), `on_overflow` gets the kernel's final count of dropped events."""
+    queue has been read empty. `losses` hears of it at the ENOBUFS; the events queued before the overflow are
+    still read and handed over; once the queue is empty (the kernel delivers again) `losses` gets the kernel's
+    final count of dropped events."""
 
     def __init__(
         self,
         handle: Handler,
-        on_overflow: LossHandler,
+        losses: LossListener,
         netns: str | None = None,
         buffer_bytes: int = EVENT_RCVBUF_BYTES,
     ) -> None:
         self.stats = EventStats()
         self._buffer_bytes = buffer_bytes
         self._handle = handle
-        self._on_overflow = on_overflow
+        self._losses = losses
         self._netns = netns
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -145,7 +154,10 @@ class EventReader:
         with entered(self._netns):
             self._sock = open_event_socket(self._buffer_bytes)
         self._sock.setblocking(False)
-        self._drops_at_start = _meminfo_drops(self._sock) or 0
+        drops = _meminfo_drops(self._sock)
+        if drops is None:
+            log.warning("events_drop_count_unavailable", effect="khan_connections_possibly_missed_total is not served")
+        self._drops_at_start = drops or 0
         self._queue_bytes = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         self._thread = threading.Thread(target=self._run, name="khan-events", daemon=True)
         self._thread.start()
@@ -181,7 +193,8 @@ class EventReader:
         readable = select.poll()
         readable.register(sock, select.POLLIN)
         while not self._stopping.is_set():
-            if not readable.poll(250):  # milliseconds: how soon stop() is noticed
+            # Poll for data, unless a loss waits to be reported: the queue may be empty already after a full batch.
+            if not self._overflow_pending and not readable.poll(250):  # milliseconds: how soon stop() is noticed
                 continue
             with self._reading:
                 if self._sock is None:
@@ -220,9 +233,9 @@ class EventReader:
             if drops is not None:
                 stats.dropped = drops - self._drops_at_start
             try:
-                self._on_overflow(None if drops is None else stats.dropped)
+                self._losses.loss_ended(None if drops is None else stats.dropped)
             except Exception as exc:
-                self._log_error("event_overflow_handling_failed", exc)
+                self._log_error("event_loss_handling_failed", exc)
         return BatchRead(received, drained, failed)
 
     def _log_error(self, event: str, exc: Exception) -> None:
@@ -248,6 +261,10 @@ class EventReader:
                 # Reported once per overflow; what was queued before it is still there to read.
                 self.stats.overflows += 1
                 self._overflow_pending = True
+                try:
+                    self._losses.loss_began()
+                except Exception as exc:
+                    self._log_error("event_loss_handling_failed", exc)
                 continue
             received += length
             result = decode_chunk(buf, length, opened, templates, destroyed)

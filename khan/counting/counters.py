@@ -37,7 +37,7 @@ class CounterView:
     tracked: int = 0
     vanished: int = 0
     recovered: int = 0
-    possibly_missed: int = 0
+    possibly_missed: int | None = 0  # None: the kernel's count of dropped events is unknown, so is the bound
 
 
 class Counting:

@@ -70,7 +70,9 @@ class TrackerTotals:
     vanished: int = 0  # entries gone from the table with no DESTROY seen: their last bytes are unknown
     reused: int = 0  # ids that came back for a new connection between two looks
     recovered: int = 0  # connections whose NEW event was lost, counted anyway: found by a dump, or by their DESTROY
-    possibly_missed: int = 0  # an upper bound on connections whose NEW and DESTROY were both lost: counted nowhere
+    # An upper bound on connections whose NEW and DESTROY were both lost, counted nowhere; None: the kernel's count
+    # of dropped events could not be read, so there is no bound.
+    possibly_missed: int | None = 0
 
 
 _DUMP_FIELDS = attrgetter("id", "sport", "dport", "orig_bytes", "reply_bytes")  # one C call per entry
@@ -92,17 +94,22 @@ class ConnectionTracker:
         # events arrive just after it: they settle the last bytes here instead of counting as unknown.
         self._vanished: dict[int, Record] = {}
         self._baseline_done = False
-        # Events were lost and no complete dump has begun since: a DESTROY of an unknown entry may then be a
-        # connection whose NEW was lost. Otherwise it is one that predates khan.
+        # Events were lost and no complete dump has begun since the loss ended: a DESTROY of an unknown entry may
+        # then be a connection whose NEW was lost. Otherwise it is one that predates khan.
         self._lossy = False
-        self._loss_during_dump = False
+        self._loss_ongoing = False  # the kernel drops every event until the socket is read empty
+        self._loss_during_dump = False  # the dump under way began, or went on, while events were lost
         # What lost events cost is settled once every explanation of them is in: after the first complete dump
-        # that begins after the last loss (it finds the open connections whose NEW was lost) and the complete
-        # dump after it (it confirms which entries left without a DESTROY).
-        self._dropped: int | None = 0  # the kernel's count of dropped events at the last loss; None: unknown
+        # that begins after the last loss ended (it finds the open connections whose NEW was lost) and the
+        # complete dump after it (it confirms which entries left without a DESTROY).
+        self._dropped: int | None = 0  # the kernel's count of dropped events when the last loss ended
         self._settle_after_next_dump = False
         self._silently_gone = 0  # entries made while khan listened that left without a DESTROY: one lost each
         self._baseline_second = 0  # records first seen after it were made while khan listened
+        # A NEW goes out just after its entry is made: a dump during a loss can find a connection whose NEW is
+        # still to come, which is no lost event. Those recovered by the dump, until the next one begins.
+        self._recovered_by_dump: set[int] = set()
+        self._late_news = 0
         self._deltas = Deltas()
         # While a dump runs: the records it has read, and what events did meanwhile.
         self._dumping: dict[int, Record] | None = None
@@ -138,14 +145,25 @@ class ConnectionTracker:
             self._recent_gone.clear()
             self._candidates = []
             self._floor = -1  # every entry is a candidate until there are twice as many as kept
-            self._loss_during_dump = False
+            self._loss_during_dump = self._loss_ongoing
+            self._recovered_by_dump = set()
 
-    def mark_loss(self, dropped: int | None = None) -> None:
-        """Events were dropped (ENOBUFS); the caller resynchronises with a dump. `dropped`: the kernel's count of
-        events dropped since start (None if unknown)."""
+    def loss_began(self) -> None:
+        """The kernel began dropping events (ENOBUFS): what dumps find and DESTROYs say may be all there is."""
         with self.lock:
             self._lossy = True
-            self._loss_during_dump = self._dumping is not None
+            self._loss_ongoing = True
+            if self._dumping is not None:
+                self._loss_during_dump = True
+
+    def loss_ended(self, dropped: int | None) -> None:
+        """The socket was read empty, so the kernel delivers again; the caller resynchronises with a dump.
+        `dropped`: the kernel's count of events dropped since start (None if it cannot be read)."""
+        with self.lock:
+            self._lossy = True
+            self._loss_ongoing = False
+            if self._dumping is not None:  # it began, or went on, during the loss
+                self._loss_during_dump = True
             self._dropped = dropped
 
     def observe_dump(self, batch: Iterable[Flow], now: int) -> None:
@@ -187,8 +205,9 @@ class ConnectionTracker:
                     dumping[ident] = (ob, rb, now)
                     if counting:
                         self._count_new(flow, ob, rb)
-                        if lossy:  # its NEW event was among the lost ones
+                        if lossy:  # its NEW event was among the lost ones (or is still to come)
                             self.totals.recovered += 1
+                            self._recovered_by_dump.add(ident)
                 elif ob < seen[0] or rb < seen[1]:  # the same identity, a new connection; no DESTROY for the old one
                     self.totals.reused += 1
                     self.totals.vanished += 1
@@ -238,7 +257,8 @@ class ConnectionTracker:
             self._dumping = None
             self._added_during = set()
             self._gone_during = set()
-            self._baseline_done = True
+            # Only a complete dump is a baseline: a retry would count as new what the interrupted one missed.
+            self._baseline_done = self._baseline_done or complete
             self._trim_candidates()
             self._heaviest = [
                 HeavyFlow(flow, total, dumping.get(identity(flow), (0, 0, 0))[2]) for total, flow in self._candidates
@@ -250,10 +270,12 @@ class ConnectionTracker:
         lost DESTROY as an entry made while khan listened that left without one (entries made before it listened
         never send events: they explain nothing). The drops that neither explains came in pairs, connections
         opened and closed unseen. Computed over every drop since start, so it never goes down; rounded up."""
-        if self._dropped is None:
+        totals = self.totals
+        if self._dropped is None or totals.possibly_missed is None:
+            totals.possibly_missed = None
             return
-        unexplained = self._dropped - self.totals.recovered - self._silently_gone
-        self.totals.possibly_missed = max(self.totals.possibly_missed, (unexplained + 1) // 2)
+        unexplained = self._dropped - (totals.recovered - self._late_news) - self._silently_gone
+        totals.possibly_missed = max(totals.possibly_missed, (unexplained + 1) // 2)
 
     # Events.
 
@@ -271,6 +293,9 @@ class ConnectionTracker:
         ident = identity(flow)
         dumping = self._dumping
         if ident in self._live or (dumping is not None and ident in dumping):
+            if ident in self._recovered_by_dump:  # its NEW was not lost, only later than the dump's look
+                self._recovered_by_dump.discard(ident)
+                self._late_news += 1
             return  # a dump read it first
         self._live[ident] = (0, 0, now)
         if dumping is not None:

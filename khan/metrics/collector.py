@@ -112,7 +112,8 @@ def _counter_families(counters: CounterView) -> Iterator[Metric]:
     yield gauge(f.TRACKED_ENTRIES, counters.tracked)
     yield counter(f.ENTRIES_VANISHED, counters.vanished)
     yield counter(f.CONNECTIONS_RECOVERED, counters.recovered)
-    yield counter(f.CONNECTIONS_POSSIBLY_MISSED, counters.possibly_missed)
+    if counters.possibly_missed is not None:
+        yield counter(f.CONNECTIONS_POSSIBLY_MISSED, counters.possibly_missed)
 
 
 class KhanCollector(Collector):

@@ -99,7 +99,8 @@ CONNECTIONS_POSSIBLY_MISSED = MetricSpec(
     "khan_connections_possibly_missed_total",
     "counter",
     "At most this many connections opened and closed with both their NEW and DESTROY events dropped, so they are "
-    "counted nowhere: dropped events that neither a recovered connection nor a vanished entry explains, halved.",
+    "counted nowhere: dropped events that neither a recovered connection nor a vanished entry explains, halved; "
+    "settled two dumps after a loss ends.",
 )
 EVENTS_SUBSCRIBED = MetricSpec(
     "khan_events_subscribed",
