@@ -91,7 +91,8 @@ class Recording:
 
     def finish(self) -> None:
         """Read to the end of the output of a tool that has exited."""
-        self._reader.join(timeout=5)
+        self._reader.join(timeout=10)
+        assert not self._reader.is_alive(), "the witness's output was not read to its end"
 
     def records(self, keep: Callable[[Record], bool] = lambda _: True) -> list[Record]:
         with self._lock:
