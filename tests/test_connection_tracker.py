@@ -364,7 +364,54 @@ def test_a_connection_found_by_the_resync_before_its_new_arrived_explains_no_los
     tracker.end_dump(True)
     deltas = dump(tracker, entry(7, 40007), entry(8, 40008), now=NOW + 2)  # takes the resync's counts too
     assert opened_count(deltas) == 2  # each once, although found by the dump and announced by a NEW
-    assert tracker.totals.possibly_missed == 1
+    assert tracker.totals.possibly_missed == 1  # the lost pair is not explained away by 7 and 8
+
+
+# -- an older connection that ended unseen, its identity taken again ----------------------------------------------
+# Entries made before khan listened never send events, and a DESTROY may be lost: khan still holds the old record
+# when a new connection with the same tuple, and often the same id, sends its NEW.
+
+
+def test_a_new_connection_behind_a_record_older_than_khan_counts_and_the_old_one_vanished() -> None:
+    tracker = ConnectionTracker()
+    dump(tracker, entry(5, 40005, 300, 300))  # older than khan: it will end without a DESTROY
+    tracker.observe_events(new(entry(5, 40005)), NOW + 1)
+    first = dump(tracker, entry(5, 40005, 900, 900), now=NOW + 2)  # more than the old one ever had
+    assert opened_count(first) == 1
+    assert (sum(first.sent.values()), sum(first.received.values())) == (900, 900)
+    assert tracker.totals.vanished == 1
+    tracker.loss_began()
+    tracker.loss_ended(dropped=0)
+    dump(tracker, entry(5, 40005, 900, 900), now=NOW + 3)
+    dump(tracker, entry(5, 40005, 900, 900), now=NOW + 4)
+    assert tracker.totals.possibly_missed == 0  # the old one never had events: it explains no lost one
+
+
+def test_a_new_connection_behind_a_record_whose_destroy_was_lost_counts_once() -> None:
+    tracker = ConnectionTracker()
+    dump(tracker)
+    tracker.observe_events(new(entry(5, 40005)), NOW + 1)  # A
+    lose(tracker, dropped=1)  # A's DESTROY; B takes the same tuple and id
+    tracker.observe_events(new(entry(5, 40005)), NOW + 1)  # B's NEW: khan still holds A's record
+    deltas = dump(tracker, entry(5, 40005, 900, 900), now=NOW + 2)
+    dump(tracker, entry(5, 40005, 900, 900), now=NOW + 3)
+    assert opened_count(deltas) == 2
+    assert sum(deltas.sent.values()) == 900  # all B's; A's last bytes are what the lost DESTROY took
+    assert tracker.totals.vanished == 1
+    assert tracker.totals.possibly_missed == 0  # the one drop is explained by A's silent end
+
+
+def test_a_batch_copied_before_a_new_is_not_the_new_connections_growth() -> None:
+    tracker = ConnectionTracker()
+    dump(tracker, entry(5, 40005, 300, 300))  # older than khan
+    tracker.begin_dump()  # a batch copies it (300 bytes); it ends silently; a new connection takes its tuple
+    tracker.observe_events(new(entry(5, 40005)), NOW + 1)
+    tracker.observe_dump([entry(5, 40005, 300, 300)], NOW + 1)  # the stale copy
+    tracker.end_dump(True)
+    first = tracker.take()
+    later = dump(tracker, entry(5, 40005, 40, 20), now=NOW + 2)
+    assert opened_count(first) + opened_count(later) == 1
+    assert sum(first.sent.values()) + sum(later.sent.values()) == 40
 
 
 def test_an_interrupted_first_dump_is_no_baseline() -> None:

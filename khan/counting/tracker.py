@@ -43,6 +43,10 @@ HEAVIEST_KEPT = 10_000  # the most flows /flows may list, kept from each dump by
 # copy the entry: the identities of the last DESTROYs before a dump are stale there too. A few hundred cover
 # far more than that moment, even at tens of thousands of events a second.
 RECENT_DESTROYS = 1024
+# A NEW goes out just after its entry is made, so a dump may count a connection before its NEW arrives: the
+# identities a dump counted as new are remembered until the next dump begins, so that the NEW is known for what it
+# is. Beyond this many (events off, or a storm of lost ones), a late NEW would count its connection twice.
+FOUND_KEPT = 100_000
 
 
 class HeavyFlow(NamedTuple):
@@ -106,16 +110,18 @@ class ConnectionTracker:
         self._settle_after_next_dump = False
         self._silently_gone = 0  # entries made while khan listened that left without a DESTROY: one lost each
         self._baseline_second = 0  # records first seen after it were made while khan listened
-        # A NEW goes out just after its entry is made: a dump during a loss can find a connection whose NEW is
-        # still to come, which is no lost event. Those recovered by the dump, until the next one begins.
+        # Connections the last dump counted as new, whose NEW may still come; those it recovered during a loss
+        # (a NEW that comes was not lost: it explains no dropped event).
+        self._found_by_dump: set[int] = set()
         self._recovered_by_dump: set[int] = set()
         self._late_news = 0
         self._deltas = Deltas()
-        # While a dump runs: the records it has read, and what events did meanwhile.
+        # While a dump runs: the records it has read, and what events did meanwhile (identities opened or
+        # destroyed since it began, or destroyed just before: a copy of them in its batches may be stale).
         self._dumping: dict[int, Record] | None = None
         self._added_during: set[int] = set()
-        self._gone_during: set[int] = set()
-        self._recent_gone: deque[int] = deque(maxlen=RECENT_DESTROYS)  # DESTROYs since the last dump began
+        self._changed_during: set[int] = set()
+        self._recent_gone: deque[int] = deque(maxlen=RECENT_DESTROYS)  # the last DESTROYs between two dumps
         self._heaviest_kept = heaviest_kept
         self._candidates: list[tuple[int, Flow]] = []
         self._floor = 0
@@ -141,11 +147,12 @@ class ConnectionTracker:
         with self.lock:
             self._dumping = {}
             self._added_during = set()
-            self._gone_during = set(self._recent_gone)
+            self._changed_during = set(self._recent_gone)
             self._recent_gone.clear()
             self._candidates = []
             self._floor = -1  # every entry is a candidate until there are twice as many as kept
             self._loss_during_dump = self._loss_ongoing
+            self._found_by_dump = set()
             self._recovered_by_dump = set()
 
     def loss_began(self) -> None:
@@ -173,9 +180,10 @@ class ConnectionTracker:
             if dumping is None:
                 raise RuntimeError("observe_dump() outside begin_dump()/end_dump()")
             live_pop = self._live.pop
-            gone = self._gone_during
+            changed = self._changed_during
             counting = self._baseline_done
             lossy = self._lossy
+            found = self._found_by_dump
             deltas = self._deltas
             sent, received = deltas.sent, deltas.received
             candidates, floor, crowded = self._candidates, self._floor, 2 * self._heaviest_kept
@@ -189,9 +197,9 @@ class ConnectionTracker:
                     candidates.append((ob + rb, flow))
                     if len(candidates) >= crowded:
                         floor = self._trim_candidates()
-                if ident in gone:
-                    # Destroyed after (or just before) the dump copied it: a stale copy, or a new connection that
-                    # reused the id, read before its NEW. Either way what events said stands; the next look counts.
+                if ident in changed:
+                    # Destroyed or opened again since (or just before) the dump copied it: the copy may be the old
+                    # connection's, stale, or the new one's. What events said stands; the next look counts.
                     seen = live_pop(ident, None)
                     if seen is not None:  # the reopened connection's NEW came first
                         dumping.setdefault(ident, seen)
@@ -205,6 +213,8 @@ class ConnectionTracker:
                     dumping[ident] = (ob, rb, now)
                     if counting:
                         self._count_new(flow, ob, rb)
+                        if len(found) < FOUND_KEPT:
+                            found.add(ident)
                         if lossy:  # its NEW event was among the lost ones (or is still to come)
                             self.totals.recovered += 1
                             self._recovered_by_dump.add(ident)
@@ -215,6 +225,8 @@ class ConnectionTracker:
                         self._silently_gone += 1
                     dumping[ident] = (ob, rb, now)
                     self._count_new(flow, ob, rb)
+                    if len(found) < FOUND_KEPT:
+                        found.add(ident)
                 else:
                     pob, prb, first = seen
                     dumping[ident] = (ob, rb, first)
@@ -256,7 +268,7 @@ class ConnectionTracker:
             self._live = dumping
             self._dumping = None
             self._added_during = set()
-            self._gone_during = set()
+            self._changed_during = set()
             # Only a complete dump is a baseline: a retry would count as new what the interrupted one missed.
             self._baseline_done = self._baseline_done or complete
             self._trim_candidates()
@@ -292,21 +304,31 @@ class ConnectionTracker:
     def _on_new(self, flow: Flow, now: int) -> None:
         ident = identity(flow)
         dumping = self._dumping
-        if ident in self._live or (dumping is not None and ident in dumping):
-            if ident in self._recovered_by_dump:  # its NEW was not lost, only later than the dump's look
-                self._recovered_by_dump.discard(ident)
-                self._late_news += 1
-            return  # a dump read it first
+        holder = self._live if ident in self._live else dumping if dumping is not None and ident in dumping else None
+        if holder is not None:
+            if ident in self._found_by_dump:  # a dump counted it just before its NEW came: one connection
+                self._found_by_dump.discard(ident)
+                if ident in self._recovered_by_dump:  # so its NEW was not lost
+                    self._recovered_by_dump.discard(ident)
+                    self._late_news += 1
+                return
+            # An older connection with this identity ended without a DESTROY khan saw (made before khan listened,
+            # or its DESTROY was lost): its last bytes are unknown, and this is a new one.
+            held = holder.pop(ident)
+            self.totals.vanished += 1
+            if held[2] > self._baseline_second:
+                self._silently_gone += 1
         self._live[ident] = (0, 0, now)
         if dumping is not None:
             self._added_during.add(ident)
+            self._changed_during.add(ident)  # a batch copied before the NEW may hold an older entry's counters
         self._count_new(flow, 0, 0)
 
     def _on_destroy(self, flow: Flow) -> None:
         ident = identity(flow)
         seen = self._live.pop(ident, None) or self._vanished.pop(ident, None)
         if self._dumping is not None:
-            self._gone_during.add(ident)
+            self._changed_during.add(ident)
             seen = self._dumping.pop(ident, None) or seen
         else:
             self._recent_gone.append(ident)
