@@ -10,7 +10,8 @@ Order: the kernel queues an event before a dump can show the change behind it (a
 entry leaves the table, so before a new entry can take its tuple; the entries a dump evicts because they expired
 send theirs while the dump runs). The poll therefore hands over every queued event before it counts each
 received batch, and again before `end_dump`. The tracker then only has to handle events that are newer than
-the batch they are applied before: a DESTROY during a dump makes the dump's copy of that identity stale.
+the batch they are applied before: after a DESTROY or a NEW during a dump, its copy of that identity may be stale,
+and the next look counts. A NEW goes out just after its entry is made, so a dump may count a connection first.
 
 Identity: the kernel's conntrack id is 32 bits (a hash of the entry's address and original tuple), so among a few
 hundred thousand live entries some share one; the ports are folded in to keep those apart. An id that comes
@@ -94,8 +95,8 @@ class ConnectionTracker:
         self.lock = threading.Lock()
         self.totals = TrackerTotals()
         self._live: dict[int, Record] = {}
-        # Entries the last complete dump did not find. A dump evicts expired entries itself, so their DESTROY
-        # events arrive just after it: they settle the last bytes here instead of counting as unknown.
+        # Entries the last complete dump did not find. A DESTROY may still come for one (an expired entry the dump
+        # skipped, reaped later by the collector): it settles the last bytes here instead of counting as unknown.
         self._vanished: dict[int, Record] = {}
         self._baseline_done = False
         # Events were lost and no complete dump has begun since the loss ended: a DESTROY of an unknown entry may
