@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from khan.conntrack.namespace import entered
+from tests.kube_cluster import stop_process
 
 RECORDER_BUFFER_BYTES = 64 * 1024 * 1024  # far beyond any test's burst: the witness itself must lose nothing
 _EVENT = re.compile(r"^\[(\d+\.\d+)\]\s+\[(NEW|DESTROY)\]\s+ipv[46]\s+\d+\s+(\w+)\s+(\d+)\s")
@@ -152,12 +153,7 @@ def recording(netns: str) -> Iterator[Recording]:
         assert deleted.returncode == 0, deleted.stderr
         yield witness
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_process(process)
         witness.finish()
     # Only once the tool is gone is every line it wrote read; a witness that lost events is none.
     lost = [notice for notice in witness.notices() if "ENOBUFS" in notice]

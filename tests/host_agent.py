@@ -12,6 +12,7 @@ from pathlib import Path
 
 from khan.lab import Lab
 from tests.exposition import KHAN, samples
+from tests.kube_cluster import stop_process
 from tests.test_agent_http import free_port, get, wait_ready
 
 
@@ -68,12 +69,7 @@ class HostAgent:
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGCONT)  # a paused process would not act on SIGTERM
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        stop_process(self.process)
 
 
 @contextlib.contextmanager

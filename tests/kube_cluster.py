@@ -311,7 +311,7 @@ class Cluster:
                 return None
 
 
-def stop_process(process: subprocess.Popen[bytes] | None) -> None:
+def stop_process(process: subprocess.Popen[Any] | None) -> None:
     """SIGTERM, then SIGKILL after 10 s; nothing if it is already gone."""
     if process is None or process.poll() is not None:
         return

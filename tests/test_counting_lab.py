@@ -29,6 +29,8 @@ import yaml
 
 from khan.lab import Lab, private_prefix
 from tests.exposition import KHAN, samples
+from tests.host_agent import total
+from tests.scripted_traffic import recv_exactly
 from tests.test_agent_http import free_port, get, wait_ready
 
 pytestmark = pytest.mark.root
@@ -151,15 +153,6 @@ def running_agent(setup: Setup, interval: float, extra: Sequence[str] = ()) -> I
                 proc.wait(timeout=5)
 
 
-def total(text: str, name: str, **wanted: str) -> float:
-    """The sum of a family's samples whose labels include `wanted`."""
-    return sum(
-        value
-        for labels, value in samples(text, name).items()
-        if all(dict(labels).get(key) == expected for key, expected in wanted.items())
-    )
-
-
 def poll_started(text: str) -> float:
     """Unix time at which the poll this scrape shows started."""
     finished = total(text, "khan_last_successful_poll_timestamp_seconds")
@@ -167,16 +160,6 @@ def poll_started(text: str) -> float:
 
 
 # -- servers and clients in the pods ---------------------------------------------------------------------------
-
-
-def recv_exactly(sock: socket.socket, size: int) -> bytes:
-    data = bytearray()
-    while len(data) < size:
-        chunk = sock.recv(min(65536, size - len(data)))
-        if not chunk:
-            raise ConnectionError(f"EOF after {len(data)} of {size} bytes")
-        data += chunk
-    return bytes(data)
 
 
 def recv_to_eof(sock: socket.socket) -> bytes:
