@@ -35,7 +35,7 @@ def grant_all_but_watch_on_services(cluster: Cluster) -> None:
     """deploy/'s role with `watch` removed for services, bound to its own ServiceAccount."""
     role = yaml.safe_load((DEPLOY / "clusterrole.yaml").read_text())
     role["metadata"]["name"] = "khan-nowatch"
-    (rule,) = role["rules"]
+    rule = role["rules"][0]
     role["rules"] = [
         {**rule, "resources": ["pods", "nodes"]},
         {**rule, "resources": ["services"], "verbs": ["get", "list"]},
@@ -54,7 +54,9 @@ def test_the_cluster_role_grants_read_only_access_to_three_resources() -> None:
     role = yaml.safe_load((DEPLOY / "clusterrole.yaml").read_text())
     assert role["kind"] == "ClusterRole"
     assert role["rules"] == [
-        {"apiGroups": [""], "resources": ["pods", "services", "nodes"], "verbs": ["get", "list", "watch"]}
+        {"apiGroups": [""], "resources": ["pods", "services", "nodes"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+        {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
     ]
     binding = yaml.safe_load((DEPLOY / "clusterrolebinding.yaml").read_text())
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "khan"}
