@@ -71,13 +71,13 @@ class Agent:
         """What must work before serving: the inventory's file or API configuration, accounting if asked for,
         and the event subscription. Raises StartupError."""
         try:
-            await self.inventory.start()
-        except (InventoryError, ApiConfigError) as exc:
+            self.protection = await protection_for(self.settings)  # first: a bad web config is the only line
+        except ProtectionError as exc:
             raise StartupError(str(exc)) from exc
         try:
-            self.protection = await protection_for(self.settings)
-        except ProtectionError as exc:
-            await self.inventory.close()
+            await self.inventory.start()
+        except (InventoryError, ApiConfigError) as exc:
+            await self.protection.close()
             raise StartupError(str(exc)) from exc
         await asyncio.to_thread(self._prepare_table)
         self._resync = asyncio.Event()
