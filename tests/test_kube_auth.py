@@ -6,14 +6,21 @@ a certificate made at start, as in deploy/."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+import yaml
 
+from khan.conntrack.namespace import entered
 from khan.lab import private_prefix
-from tests.kube_cluster import DEPLOY, KHAN_USER, Cluster, running_cluster
+from tests.kube_cluster import DEPLOY, KHAN_USER, Cluster, running_cluster, stop_process
 from tests.protected_agent import Agent, private_netns, running_agent
 
 pytestmark = pytest.mark.root
@@ -35,9 +42,14 @@ RBAC = [
 ] + [OPERATOR / "scraper-serviceaccount.yaml", OPERATOR / "scraper-clusterrolebinding.yaml"]
 
 
+PROMETHEUS_PORT = 9090
+
+
 class World(NamedTuple):
     cluster: Cluster
     agent: Agent
+    netns: str
+    workdir: Path
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +65,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         extra = ["--auth", "kubernetes", "--tls-self-signed", "--kubeconfig", str(kubeconfig)]
         with running_agent(netns, workdir, extra) as agent:
             agent.wait_ready()
-            yield World(cluster, agent)
+            yield World(cluster, agent, netns, workdir)
 
 
 def bearer(cluster: Cluster, user: str) -> dict[str, str]:
@@ -96,7 +108,7 @@ def test_the_probes_need_no_token_and_reveal_nothing(world: World) -> None:
 
 
 def test_an_api_server_that_cannot_answer_is_503_never_access(world: World) -> None:
-    cluster, agent = world
+    cluster, agent, _, _ = world
     assert agent.status("/metrics", headers=bearer(cluster, SCRAPER_USER)) == 200
     cluster.pause_apiserver()
     try:
@@ -116,3 +128,53 @@ def test_an_api_server_that_cannot_answer_is_503_never_access(world: World) -> N
         time.sleep(0.2)
     failures = [line for line in agent.log() if line["event"] == "auth_review_failed"]
     assert len(failures) == 1  # one warning, rate-limited
+
+
+def test_prometheus_scrapes_over_https_with_a_bound_token_only(world: World) -> None:
+    """A real Prometheus, configured as deploy/README.md tells plain Prometheus (HTTPS without verification, a
+    token file): the bound scraper's job is up, the unbound one's is down with a 403."""
+    cluster, _, netns, workdir = world
+    jobs = []
+    for job, user in (("scraper", SCRAPER_USER), ("nobody", NOBODY)):
+        token = workdir / f"{job}.token"
+        token.write_text(cluster.tokens[user])
+        jobs.append(
+            {
+                "job_name": job,
+                "scheme": "https",
+                "tls_config": {"insecure_skip_verify": True},
+                "authorization": {"credentials_file": str(token)},
+                "static_configs": [{"targets": ["127.0.0.1:9986"]}],
+            }
+        )
+    config = workdir / "prometheus.yml"
+    config.write_text(yaml.safe_dump({"global": {"scrape_interval": "1s"}, "scrape_configs": jobs}))
+    argv = ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}"]
+    argv += [f"--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}"]
+    with (workdir / "prometheus.log").open("wb") as log:
+        prometheus = subprocess.Popen(["ip", "netns", "exec", netns, *argv], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 30
+        while (health := scrape_health(netns)) != {"scraper": ("up", ""), "nobody": ("down", "403")}:
+            assert time.monotonic() < deadline, health
+            time.sleep(0.5)
+    finally:
+        stop_process(prometheus)
+
+
+def scrape_health(netns: str) -> dict[str, tuple[str, str]]:
+    """Each job's target health and the status code in its last error, if any."""
+    try:
+        with (
+            entered(netns),
+            urllib.request.urlopen(f"http://127.0.0.1:{PROMETHEUS_PORT}/api/v1/targets", timeout=5) as got,
+        ):
+            targets = json.loads(got.read())["data"]["activeTargets"]
+    except OSError:
+        return {}
+    found = {}
+    for target in targets:
+        error = target.get("lastError", "")
+        code = "403" if "403" in error else ("" if not error else "other")
+        found[target["labels"]["job"]] = (target["health"], code)
+    return found
