@@ -62,6 +62,7 @@ class ReloadingTls:
         self.config = config
         self._clock = clock
         self._stamps = self._stat()
+        self._failed_stamps: tuple[FileStamp | None, ...] | None = None  # files that failed, not tried again
         self._current = build_context(config)  # TlsError at start: the agent does not start without it
         self._checked_at = clock()
         self.reloads = 0
@@ -84,11 +85,12 @@ class ReloadingTls:
 
     def _reload_if_changed(self) -> None:
         stamps = self._stat()
-        if stamps == self._stamps:
+        if stamps in (self._stamps, self._failed_stamps):
             return
         try:
             fresh = build_context(self.config)
-        except TlsError as exc:  # half-written, or a key that does not match yet: try again at the next check
+        except TlsError as exc:  # half-written, or a key that does not match yet: tried again once a file changes
+            self._failed_stamps = stamps
             log.warning("tls_reload_failed", error=str(exc), serving="the previous certificate")
             return
         self._current, self._stamps = fresh, stamps

@@ -132,7 +132,7 @@ def test_a_rotated_certificate_is_served_within_seconds(netns: str, tmp_path: Pa
         assert agent.status("/metrics", context=ca.client_context()) == 200
         events = [line["event"] for line in agent.log()]
         assert events.count("tls_reloaded") == 2
-        assert "tls_reload_failed" in events
+        assert events.count("tls_reload_failed") == 1  # once per broken state of the files, not every second
 
 
 @pytest.mark.root
