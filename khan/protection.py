@@ -30,16 +30,16 @@ class Protection:
     ssl_context: ssl.SSLContext | None = None
     middlewares: list[Any] = field(default_factory=list)
     tls: ReloadingTls | None = None  # when the certificate comes from files (and is reloaded)
-    _reviews: Any = None
+    reviews: Any = None  # the API client of --auth kubernetes, closed with the server
 
     @property
     def scheme(self) -> str:
         return "https" if self.ssl_context is not None else "http"
 
     async def close(self) -> None:
-        if self._reviews is not None:
-            await self._reviews.close()
-            self._reviews = None
+        if self.reviews is not None:
+            await self.reviews.close()
+            self.reviews = None
 
 
 async def protection_for(settings: Settings) -> Protection:
@@ -62,10 +62,12 @@ async def protection_for(settings: Settings) -> Protection:
     basic = BasicAuth(web_config.basic_auth_users) if web_config.basic_auth_users else None
     kubernetes = None
     if settings.auth == "kubernetes":
-        protection._reviews = await _review_client(settings)
-        kubernetes = KubernetesAuth(protection._reviews)
+        protection.reviews = await _review_client(settings)
+        kubernetes = KubernetesAuth(protection.reviews)
     if basic is not None or kubernetes is not None:
         protection.middlewares.append(auth_middleware(basic, kubernetes))
+    if protection.middlewares and protection.ssl_context is None:
+        log.warning("credentials_over_plain_http", fix="add --tls-self-signed or a tls_server_config")
     log.info(
         "serving_protection",
         tls="files" if protection.tls else ("self-signed" if settings.tls_self_signed else "off"),
