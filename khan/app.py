@@ -32,6 +32,7 @@ from khan.metrics.labels import address_text
 from khan.metrics.snapshot import Health, PollResult
 from khan.metrics.watch_collector import WatchCollector
 from khan.poll import poll
+from khan.protection import Protection, ProtectionError, protection_for
 from khan.settings import Settings
 from khan.web import Endpoints, make_app
 
@@ -64,13 +65,19 @@ class Agent:
         self._warnings = RateLimiter(period=60.0)
         self._resync: asyncio.Event | None = None
         self._accounting: bool | None = None
+        self.protection = Protection()  # plain HTTP, no auth, until start() reads the settings
 
     async def start(self) -> None:
         """What must work before serving: the inventory's file or API configuration, accounting if asked for,
         and the event subscription. Raises StartupError."""
         try:
+            self.protection = await protection_for(self.settings)  # first: a bad web config is the only line
+        except ProtectionError as exc:
+            raise StartupError(str(exc)) from exc
+        try:
             await self.inventory.start()
         except (InventoryError, ApiConfigError) as exc:
+            await self.protection.close()
             raise StartupError(str(exc)) from exc
         await asyncio.to_thread(self._prepare_table)
         self._resync = asyncio.Event()
@@ -128,9 +135,9 @@ class Agent:
         return generate_latest(self.registry)
 
     def not_ready_reason(self) -> str | None:
-        inventory = self.inventory.not_ready_reason()
-        if inventory is not None:
-            return f"inventory not synced: {inventory}"
+        # Generic on purpose: /readyz is open to anyone; the details are in the log and in /metrics.
+        if self.inventory.not_ready_reason() is not None:
+            return "inventory not synced"
         return None if self.health.last is not None else "no successful poll yet"
 
     async def run(self) -> None:
@@ -139,13 +146,15 @@ class Agent:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         endpoints = Endpoints(self.render_metrics, self.not_ready_reason, self.transactions_json, self.flows_json)
-        runner = web.AppRunner(make_app(endpoints), access_log=None)
+        runner = web.AppRunner(make_app(endpoints, self.protection.middlewares), access_log=None)
         await runner.setup()
         host = self.settings.listen_host or None
+        port, ssl_context = self.settings.listen_port, self.protection.ssl_context
         try:
-            await web.TCPSite(runner, host, self.settings.listen_port, reuse_address=True).start()
+            await web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context).start()
         except OSError as exc:
             await runner.cleanup()
+            await self.protection.close()
             await self.inventory.close()
             self._stop_events()
             where = f"{self.settings.listen_host}:{self.settings.listen_port}"
@@ -160,6 +169,7 @@ class Agent:
             events=self.events is not None,
             aggregate=self.settings.labels.aggregate,
             max_series=self.settings.max_series,
+            scheme=self.protection.scheme,
         )
         watcher = asyncio.create_task(self.inventory.run(stop), name="inventory")
         poller = asyncio.create_task(self._poll_forever(stop), name="poller")
@@ -181,6 +191,7 @@ class Agent:
             except Exception as exc:  # shutting down anyway: say it, do not mask the poller's outcome
                 log.warning("inventory_failed_at_shutdown", error=repr(exc))
             await runner.cleanup()
+            await self.protection.close()
             self._stop_events()
             log.info("agent_stopped")
 

@@ -157,6 +157,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="set net.netfilter.nf_conntrack_acct=1 at start if it is off (byte counters need it); khan changes "
         "no sysctl without this [KHAN_ENABLE_ACCOUNTING]",
     )
+    agent.add_argument(
+        "--web-config-file",
+        default=env("web-config-file"),
+        metavar="PATH",
+        help="TLS and basic auth in Prometheus exporter-toolkit's web configuration format; certificates are "
+        "re-read when they change [KHAN_WEB_CONFIG_FILE]",
+    )
+    agent.add_argument(
+        "--auth",
+        default=env("auth", "none"),
+        choices=("none", "kubernetes"),
+        help="kubernetes: every endpoint but /healthz and /readyz needs a bearer token allowed to `get` its path "
+        "(TokenReview, SubjectAccessReview) [KHAN_AUTH, default none]",
+    )
+    agent.add_argument(
+        "--tls-self-signed",
+        action="store_true",
+        default=env("tls-self-signed", "") in ("1", "true", "yes"),
+        help="serve HTTPS with a certificate made in memory at start, for scrapers that skip verification "
+        "[KHAN_TLS_SELF_SIGNED]",
+    )
 
     snapshot = commands.add_parser("snapshot", help="one poll, printed as Prometheus text exposition")
     common(snapshot)
@@ -208,6 +229,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         events=getattr(args, "events", "auto"),
         event_buffer_bytes=int(raw_buffer),
         enable_accounting=getattr(args, "enable_accounting", False),
+        web_config_file=getattr(args, "web_config_file", None),
+        auth=getattr(args, "auth", "none"),
+        tls_self_signed=getattr(args, "tls_self_signed", False),
     )
 
 

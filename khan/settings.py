@@ -8,6 +8,7 @@ from typing import Literal
 from khan.metrics.labels import LabelPolicy
 
 EventsMode = Literal["auto", "on", "off"]
+AuthMode = Literal["none", "kubernetes"]
 
 DEFAULT_PORT = 9986  # khan's entry in Prometheus's default exporter port allocations list
 DEFAULT_LISTEN = f":{DEFAULT_PORT}"
@@ -53,3 +54,9 @@ class Settings:
     event_buffer_bytes: int = 32 * 1024 * 1024
     # Turn nf_conntrack_acct on at start when it is off (byte counters need it). Never done unless asked.
     enable_accounting: bool = False
+    # exporter-toolkit's web configuration (TLS, basic auth); None serves plain HTTP to anyone, as on a laptop.
+    web_config_file: str | None = None
+    # kubernetes: bearer tokens checked by TokenReview and SubjectAccessReview (deploy/ turns it on).
+    auth: AuthMode = "none"
+    # TLS with an in-memory certificate made at start, for scrapers that skip verification (deploy/'s default).
+    tls_self_signed: bool = False

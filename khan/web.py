@@ -3,8 +3,9 @@ Read-only: nothing served changes the agent's state (no counter is reset by a re
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -42,7 +43,8 @@ class Endpoints:
     flows: Callable[[int], list[dict[str, object]]]
 
 
-def make_app(endpoints: Endpoints) -> web.Application:
+def make_app(endpoints: Endpoints, middlewares: Sequence[Any] = ()) -> web.Application:
+    """`middlewares`: authentication (khan.protection), run before every route."""
     render_metrics, ready = endpoints.render_metrics, endpoints.ready
 
     async def landing(_: web.Request) -> web.Response:
@@ -71,7 +73,7 @@ def make_app(endpoints: Endpoints) -> web.Application:
             )
         return web.json_response(endpoints.flows(int(raw)))
 
-    app = web.Application()
+    app = web.Application(middlewares=list(middlewares))
     app.router.add_get("/", landing)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)

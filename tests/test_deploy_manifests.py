@@ -47,9 +47,11 @@ def daemonset() -> dict[str, Any]:
 
 
 def test_the_two_kustomizations_list_the_base_and_the_operator_objects() -> None:
-    plain = {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet", "Service"}
+    plain = ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet", "Service"]
+    plain += ["ClusterRole", "ClusterRoleBinding"]  # khan-metrics-reader, for whoever scrapes
+    operator = [*plain, "PodMonitor", "PrometheusRule", "ServiceAccount", "Secret", "ClusterRoleBinding"]
     assert sorted(obj["kind"] for obj in kustomized(DEPLOY)) == sorted(plain)
-    assert sorted(obj["kind"] for obj in kustomized(OPERATOR)) == sorted(plain | {"PodMonitor", "PrometheusRule"})
+    assert sorted(obj["kind"] for obj in kustomized(OPERATOR)) == sorted(operator)
 
 
 def test_the_daemonset_runs_on_every_node_with_net_admin_only() -> None:
@@ -68,10 +70,42 @@ def test_the_daemonset_runs_on_every_node_with_net_admin_only() -> None:
     assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert {container[probe]["httpGet"]["scheme"] for probe in ("livenessProbe", "readinessProbe")} == {"HTTPS"}
     assert set(container["resources"]) == {"requests", "limits"}
     annotations = daemonset()["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/port"] == str(container["ports"][0]["containerPort"]) == "9986"
+    assert annotations["prometheus.io/scheme"] == "https"
+
+
+def test_the_daemonset_is_hardened_and_protected() -> None:
+    pod = daemonset()["spec"]["template"]["spec"]
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["priorityClassName"] == "system-node-critical"
+    (container,) = pod["containers"]
+    name, _, version = container["image"].partition(":")
+    assert name == "khan"
+    assert version not in ("", "latest")
+    assert container["args"] == ["agent", "--auth=kubernetes", "--tls-self-signed"]
+    (namespace,) = [obj for obj in kustomized(BASE) if obj["kind"] == "Namespace"]
+    # hostNetwork and NET_ADMIN are refused by the baseline level; only this namespace is privileged.
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+
+
+def test_the_pod_monitor_scrapes_https_with_the_scraper_token() -> None:
+    objects = kustomized(OPERATOR)
+    (monitor,) = [obj for obj in objects if obj["kind"] == "PodMonitor"]
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"] == {"insecureSkipVerify": True}
+    secret_name = endpoint["authorization"]["credentials"]["name"]
+    (secret,) = [obj for obj in objects if obj["kind"] == "Secret"]
+    assert secret["metadata"]["name"] == secret_name
+    assert secret["type"] == "kubernetes.io/service-account-token"
+    scraper = secret["metadata"]["annotations"]["kubernetes.io/service-account.name"]
+    (binding,) = [obj for obj in objects if obj["kind"] == "ClusterRoleBinding" and obj["metadata"]["name"] == scraper]
+    assert binding["roleRef"]["name"] == "khan-metrics-reader"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": scraper, "namespace": "khan"}]
 
 
 def test_the_prometheus_rule_carries_the_rule_file() -> None:

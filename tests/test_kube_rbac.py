@@ -35,7 +35,7 @@ def grant_all_but_watch_on_services(cluster: Cluster) -> None:
     """deploy/'s role with `watch` removed for services, bound to its own ServiceAccount."""
     role = yaml.safe_load((DEPLOY / "clusterrole.yaml").read_text())
     role["metadata"]["name"] = "khan-nowatch"
-    (rule,) = role["rules"]
+    rule = role["rules"][0]
     role["rules"] = [
         {**rule, "resources": ["pods", "nodes"]},
         {**rule, "resources": ["services"], "verbs": ["get", "list"]},
@@ -54,7 +54,9 @@ def test_the_cluster_role_grants_read_only_access_to_three_resources() -> None:
     role = yaml.safe_load((DEPLOY / "clusterrole.yaml").read_text())
     assert role["kind"] == "ClusterRole"
     assert role["rules"] == [
-        {"apiGroups": [""], "resources": ["pods", "services", "nodes"], "verbs": ["get", "list", "watch"]}
+        {"apiGroups": [""], "resources": ["pods", "services", "nodes"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+        {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
     ]
     binding = yaml.safe_load((DEPLOY / "clusterrolebinding.yaml").read_text())
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "khan"}
@@ -87,6 +89,34 @@ def test_the_service_account_can_do_nothing_else(world: tuple[Lab, Cluster, Path
     with pytest.raises(ApiError) as refused:
         cluster.request(method, path, body, user=KHAN_USER, content_type="application/merge-patch+json")
     assert refused.value.status == 403
+
+
+def test_the_service_account_may_ask_the_api_to_review_tokens_and_access(world: tuple[Lab, Cluster, Path]) -> None:
+    """What --auth kubernetes does for each new scraper token, as deploy/'s ServiceAccount."""
+    _, cluster, _ = world
+    body = {
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenReview",
+        "spec": {"token": cluster.tokens[UNBOUND_USER]},
+    }
+    identity = cluster.request("POST", "/apis/authentication.k8s.io/v1/tokenreviews", body, user=KHAN_USER)["status"]
+    assert identity["authenticated"] is True
+    assert identity["user"]["username"] == UNBOUND_USER
+    spec = {"user": UNBOUND_USER, "groups": identity["user"]["groups"]}
+    spec["nonResourceAttributes"] = {"path": "/metrics", "verb": "get"}
+    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec}
+    access = cluster.request("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", review, user=KHAN_USER)
+    assert access["status"].get("allowed", False) is False  # nothing binds khan-metrics-reader to it here
+    with pytest.raises(ApiError) as refused:  # reviews are not for everyone
+        cluster.request("POST", "/apis/authentication.k8s.io/v1/tokenreviews", body, user=UNBOUND_USER)
+    assert refused.value.status == 403
+
+
+def test_the_metrics_reader_role_grants_get_on_metrics_only() -> None:
+    role = yaml.safe_load((DEPLOY / "metrics-reader-clusterrole.yaml").read_text())
+    assert role["rules"] == [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]
+    binding = yaml.safe_load((DEPLOY / "metrics-reader-clusterrolebinding.yaml").read_text())
+    assert binding["roleRef"]["name"] == role["metadata"]["name"] == "khan-metrics-reader"
 
 
 def test_in_cluster_the_service_account_token_is_enough(world: tuple[Lab, Cluster, Path]) -> None:
@@ -135,10 +165,10 @@ def test_no_permission_at_all_keeps_the_agent_unready_and_alive(world: tuple[Lab
             20,
             "refused lists retried",
         )
-        status, reason = agent.get("/readyz")
-        assert status == 503
-        assert reason.startswith("not ready: inventory not synced: waiting for the first list of pods, services, nodes")
-        assert f'User "{UNBOUND_USER}" cannot list resource "pods"' in reason
+        # /readyz is open to anyone and says only that; the reason is in the log (and in /metrics).
+        assert agent.get("/readyz") == (503, "not ready: inventory not synced\n")
+        refusals = [line.get("error", "") for line in agent.log() if line.get("event") == "watch_restart"]
+        assert any(f'User "{UNBOUND_USER}" cannot list resource "pods"' in error for error in refusals)
         text = agent.metrics()
         assert "khan_connection{" not in text  # nothing is attributed before the inventory is known
         assert sample(text, "khan_inventory_synced", resource="pods") == 0

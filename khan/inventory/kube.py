@@ -7,16 +7,20 @@ while lists and events are read as raw JSON so that no generated model object is
 A reflector never gives up: a failed request is retried after a backoff (the server's Retry-After is obeyed), a
 410 Gone lists the resource again and replaces what was known of it in one step, and a stream on which nothing
 arrives for too long is dropped and resumed. Meanwhile the cache keeps the last known state.
+
+`ReviewClient` is here for the same reason: `--auth kubernetes` asks the API (TokenReview, SubjectAccessReview)
+with the agent's own configuration and credentials.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -427,3 +431,55 @@ class ApiInventory:
 
 def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
+
+
+class ReviewClient:
+    """TokenReviews and SubjectAccessReviews for `--auth kubernetes`, as the agent's own identity (in-cluster or
+    --kubeconfig), on a client of their own: reviews never queue behind the inventory's watches."""
+
+    def __init__(self, config: ApiConfig) -> None:
+        self.config = config
+        self._client: k8s.ApiClient | None = None
+        self._calls: dict[str, Request] = {}
+
+    async def start(self) -> None:
+        """Load the configuration; raises ApiConfigError. No request is made yet."""
+        self._client, _ = await connect(self.config)
+        self._calls = {
+            "TokenReview": k8s.AuthenticationV1Api(self._client).create_token_review,
+            "SubjectAccessReview": k8s.AuthorizationV1Api(self._client).create_subject_access_review,
+        }
+        log.info("auth_reviews", host=self._client.configuration.host, config=self.config.origin)
+
+    async def review(self, kind: str, spec: Mapping[str, Any], timeout: float) -> Mapping[str, Any]:
+        """The created review's `status`; ReviewError if the API did not create it."""
+        group = "authentication.k8s.io/v1" if kind == "TokenReview" else "authorization.k8s.io/v1"
+        body = {"apiVersion": group, "kind": kind, "spec": dict(spec)}
+        try:
+            response: aiohttp.ClientResponse = await self._calls[kind](
+                body, _preload_content=False, _request_timeout=aiohttp.ClientTimeout(total=timeout)
+            )
+            try:
+                data = await response.read()
+            finally:
+                response.release()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise ReviewError(f"{kind}: {_describe(exc)}") from exc
+        if response.status not in (200, 201):
+            raise ReviewError(f"{kind}: {response.status} {data[:300].decode(errors='replace')}")
+        try:
+            status = json.loads(data).get("status") or {}
+        except (ValueError, AttributeError) as exc:
+            raise ReviewError(f"{kind}: not a review object") from exc
+        if not isinstance(status, dict):
+            raise ReviewError(f"{kind}: not a review object")
+        return status
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
+class ReviewError(Exception):
+    """A review was not created: the API is unreachable, or refused (for example no `create` permission)."""

@@ -1,0 +1,170 @@
+"""Who may read the agent: HTTP basic auth against bcrypt hashes (--web-config-file), and Kubernetes bearer
+tokens (--auth kubernetes), checked as kube-rbac-proxy does in front of node-exporter: a TokenReview says who
+the token belongs to, then a SubjectAccessReview asks whether that user may `get` the request's path as a
+non-resource URL (RBAC `nonResourceURLs: ["/metrics"]`).
+
+Answers are cached briefly (bounded, keyed by a hash of the credentials, never the credentials themselves).
+Nothing fails open: an API server that cannot answer means 503, never access.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import enum
+import hashlib
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+import structlog
+from aiohttp import web
+from cachetools import TTLCache
+
+from khan.logs import RateLimiter
+
+log = structlog.get_logger("khan.auth")
+
+# The probes' endpoints: open to the kubelet, and they reveal nothing but ok / ready / not ready.
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+CACHE_ENTRIES = 1024  # distinct (credentials, path) answers kept; a scraper needs one or two
+BASIC_TTL_SECONDS = 60.0  # a right password is not re-hashed (50-250 ms of CPU) for a minute
+ALLOWED_TTL_SECONDS = 60.0  # a revoked binding or token stops working within this long
+DENIED_TTL_SECONDS = 10.0  # a fresh binding starts working within this long
+REVIEW_TIMEOUT_SECONDS = 5.0
+BCRYPT_AT_ONCE = 2  # bcrypt checks run in threads; more at once would only take CPU from the polls
+REVIEWS_AT_ONCE = 8  # garbage tokens cannot turn into a flood of requests to the API server
+# Hashed in place of a missing user's, so that an unknown user takes as long as a wrong password.
+UNKNOWN_USER_HASH = b"$2b$10$QOauhQNbBCuQDKes6eFzPeMqBSjb7Mr5DUmpZ/VcEd00UAV/LDeSi"
+# HTTP methods -> the verbs kube-rbac-proxy asks about; every khan route is GET or HEAD.
+VERBS = {"GET": "get", "HEAD": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
+
+class Decision(enum.Enum):
+    ALLOWED = 200
+    UNAUTHENTICATED = 401
+    FORBIDDEN = 403
+    UNAVAILABLE = 503
+
+
+class BasicAuth:
+    """user:password against the web configuration's bcrypt hashes."""
+
+    def __init__(self, users: Mapping[str, bytes]) -> None:
+        self._users = dict(users)
+        self._verified: TTLCache[bytes, bool] = TTLCache(maxsize=CACHE_ENTRIES, ttl=BASIC_TTL_SECONDS)
+        self._slots = asyncio.Semaphore(BCRYPT_AT_ONCE)
+
+    async def check(self, credentials: str) -> bool:
+        """`credentials` is the base64 part of an `Authorization: Basic` header."""
+        try:
+            user, sep, password = base64.b64decode(credentials, validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        if not sep:
+            return False
+        key = hashlib.sha256(f"{user}\0{password}".encode()).digest()
+        if self._verified.get(key):
+            return True
+        hashed = self._users.get(user)
+        async with self._slots:
+            matches = await asyncio.to_thread(_bcrypt_matches, password.encode(), hashed or UNKNOWN_USER_HASH)
+        if matches and hashed is not None:
+            self._verified[key] = True
+            return True
+        return False
+
+
+def _bcrypt_matches(password: bytes, hashed: bytes) -> bool:
+    import bcrypt  # only basic auth pays for it
+
+    try:
+        return bcrypt.checkpw(password, hashed)
+    except ValueError:  # bcrypt refuses passwords over 72 bytes in recent releases: such a password is wrong
+        return False
+
+
+class ReviewApi(Protocol):
+    async def review(self, kind: str, spec: Mapping[str, Any], timeout: float) -> Mapping[str, Any]:
+        """Create a TokenReview or SubjectAccessReview; its `status`. Raises on anything but a 201 answer."""
+
+
+class KubernetesAuth:
+    """Bearer tokens, checked by the API server: TokenReview, then SubjectAccessReview."""
+
+    def __init__(self, api: ReviewApi) -> None:
+        self._api = api
+        self._allowed: TTLCache[tuple[bytes, str, str], bool] = TTLCache(CACHE_ENTRIES, ALLOWED_TTL_SECONDS)
+        self._denied: TTLCache[tuple[bytes, str, str], Decision] = TTLCache(CACHE_ENTRIES, DENIED_TTL_SECONDS)
+        self._slots = asyncio.Semaphore(REVIEWS_AT_ONCE)
+        self._warnings = RateLimiter(period=60.0)
+
+    async def check(self, token: str, verb: str, path: str) -> Decision:
+        key = (hashlib.sha256(token.encode()).digest(), verb, path)
+        if self._allowed.get(key):
+            return Decision.ALLOWED
+        if (denied := self._denied.get(key)) is not None:
+            return denied
+        async with self._slots:
+            decision = await self._review(token, verb, path)
+        if decision is Decision.ALLOWED:
+            self._allowed[key] = True
+        elif decision is not Decision.UNAVAILABLE:  # an outage is never remembered as a refusal
+            self._denied[key] = decision
+        return decision
+
+    async def _review(self, token: str, verb: str, path: str) -> Decision:
+        try:
+            identity = await self._api.review("TokenReview", {"token": token}, REVIEW_TIMEOUT_SECONDS)
+            if not identity.get("authenticated"):
+                return Decision.UNAUTHENTICATED
+            user = identity.get("user") or {}
+            spec = {
+                "user": user.get("username", ""),
+                "uid": user.get("uid", ""),
+                "groups": user.get("groups") or [],
+                "extra": user.get("extra") or {},
+                "nonResourceAttributes": {"path": path, "verb": verb},
+            }
+            access = await self._api.review("SubjectAccessReview", spec, REVIEW_TIMEOUT_SECONDS)
+        except Exception as exc:  # whatever went wrong, the answer is "cannot tell", never "allowed"
+            allowed, held = self._warnings.allow("review")
+            if allowed:
+                log.warning("auth_review_failed", error=" ".join(str(exc).split()) or repr(exc), suppressed=held)
+            return Decision.UNAVAILABLE
+        return Decision.ALLOWED if access.get("allowed") is True else Decision.FORBIDDEN
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def auth_middleware(basic: BasicAuth | None, kubernetes: KubernetesAuth | None) -> Any:
+    """Every route but OPEN_PATHS needs valid credentials of a scheme that is on."""
+    challenges: list[tuple[str, str]] = []  # one header per scheme that is on
+    if basic is not None:
+        challenges.append(("WWW-Authenticate", 'Basic realm="khan"'))
+    if kubernetes is not None:
+        challenges.append(("WWW-Authenticate", 'Bearer realm="khan"'))
+
+    def refuse(decision: Decision) -> web.Response:
+        headers = challenges if decision is Decision.UNAUTHENTICATED else None
+        reason = {401: "unauthorized", 403: "forbidden", 503: "cannot check credentials now"}[decision.value]
+        return web.Response(status=decision.value, text=reason + "\n", headers=headers)
+
+    @web.middleware
+    async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in OPEN_PATHS:
+            return await handler(request)
+        scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
+        scheme, credentials = scheme.lower(), credentials.strip()
+        decision = Decision.UNAUTHENTICATED
+        if scheme == "basic" and basic is not None:
+            decision = Decision.ALLOWED if await basic.check(credentials) else Decision.UNAUTHENTICATED
+        elif scheme == "bearer" and kubernetes is not None and credentials:
+            verb = VERBS.get(request.method, request.method.lower())
+            decision = await kubernetes.check(credentials, verb, request.path)
+        if decision is Decision.ALLOWED:
+            return await handler(request)
+        return refuse(decision)
+
+    return authenticate

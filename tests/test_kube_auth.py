@@ -1,0 +1,180 @@
+"""--auth kubernetes on a real kube-apiserver with RBAC on, with deploy/'s roles and bindings: a token of a
+service account bound to khan-metrics-reader reads /metrics and nothing else, any other token is refused (403),
+a missing or unknown token is 401, the probes' endpoints stay open, and an API server that cannot answer means
+503, never access. The agent reads a file inventory and still uses its kubeconfig for the reviews, over TLS with
+a certificate made at start, as in deploy/."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+import yaml
+
+from khan.conntrack.namespace import entered
+from khan.lab import private_prefix
+from tests.kube_cluster import DEPLOY, KHAN_USER, Cluster, running_cluster, stop_process
+from tests.protected_agent import Agent, private_netns, running_agent
+
+pytestmark = pytest.mark.root
+
+PROMETHEUS_USER = "system:serviceaccount:monitoring:prometheus-k8s"  # in the example binding
+SCRAPER_USER = "system:serviceaccount:khan:khan-scraper"  # the PodMonitor's identity
+NOBODY = "system:serviceaccount:khan:nobody"
+OPERATOR = DEPLOY.parent / "prometheus-operator"
+RBAC = [
+    DEPLOY / f"{name}.yaml"
+    for name in (
+        "namespace",
+        "serviceaccount",
+        "clusterrole",
+        "clusterrolebinding",
+        "metrics-reader-clusterrole",
+        "metrics-reader-clusterrolebinding",
+    )
+] + [OPERATOR / "scraper-serviceaccount.yaml", OPERATOR / "scraper-clusterrolebinding.yaml"]
+
+
+PROMETHEUS_PORT = 9090
+
+
+class World(NamedTuple):
+    cluster: Cluster
+    agent: Agent
+    netns: str
+    workdir: Path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    workdir = tmp_path_factory.mktemp("kubeauth")
+    with (
+        private_netns(private_prefix("khanauth") + "-ns", address="10.250.0.1") as netns,
+        running_cluster(netns, "10.250.0.1", users=(KHAN_USER, PROMETHEUS_USER, SCRAPER_USER, NOBODY)) as cluster,
+    ):
+        cluster.ensure_namespace("monitoring")
+        cluster.apply_files(RBAC)
+        kubeconfig = cluster.kubeconfig(KHAN_USER, workdir / "kubeconfig")
+        extra = ["--auth", "kubernetes", "--tls-self-signed", "--kubeconfig", str(kubeconfig)]
+        with running_agent(netns, workdir, extra) as agent:
+            agent.wait_ready()
+            yield World(cluster, agent, netns, workdir)
+
+
+def bearer(cluster: Cluster, user: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {cluster.tokens[user]}"}
+
+
+@pytest.mark.parametrize("user", [PROMETHEUS_USER, SCRAPER_USER])
+def test_a_bound_service_account_reads_metrics(world: World, user: str) -> None:
+    status, _, body = world.agent.request("/metrics", headers=bearer(world.cluster, user))
+    assert status == 200
+    assert b"khan_polls_total" in body
+
+
+@pytest.mark.parametrize("path", ["/flows", "/transactions", "/"])
+def test_the_metrics_role_grants_only_metrics(world: World, path: str) -> None:
+    assert world.agent.status(path, headers=bearer(world.cluster, PROMETHEUS_USER)) == 403
+
+
+@pytest.mark.parametrize("user", [NOBODY, KHAN_USER])
+def test_a_valid_token_without_the_role_is_forbidden(world: World, user: str) -> None:
+    status, headers, body = world.agent.request("/metrics", headers=bearer(world.cluster, user))
+    assert (status, body) == (403, b"forbidden\n")
+    assert "www-authenticate" not in headers
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer not-a-token"}, {"Authorization": "Bearer "}, {"Authorization": "Basic eDp5"}],
+    ids=["none", "garbage", "empty", "basic"],
+)
+def test_no_or_an_unknown_token_is_unauthorized(world: World, headers: dict[str, str]) -> None:
+    status, answer_headers, _ = world.agent.request("/metrics", headers=headers)
+    assert status == 401
+    assert answer_headers["www-authenticate"] == ['Bearer realm="khan"']
+
+
+def test_the_probes_need_no_token_and_reveal_nothing(world: World) -> None:
+    assert world.agent.request("/healthz")[::2] == (200, b"ok\n")
+    assert world.agent.request("/readyz")[::2] == (200, b"ready\n")
+
+
+def test_an_api_server_that_cannot_answer_is_503_never_access(world: World) -> None:
+    cluster, agent, _, _ = world
+    assert agent.status("/metrics", headers=bearer(cluster, SCRAPER_USER)) == 200
+    cluster.pause_apiserver()
+    try:
+        started = time.monotonic()
+        # Never asked before, so not cached: the review times out.
+        status, _, body = agent.request("/metrics", headers={"Authorization": "Bearer never-seen"}, timeout=20)
+        waited = time.monotonic() - started
+        assert (status, body) == (503, b"cannot check credentials now\n")
+        assert waited < 10
+        # A scraper allowed a moment ago is still allowed from the cache; an outage is not remembered.
+        assert agent.status("/metrics", headers=bearer(cluster, SCRAPER_USER)) == 200
+    finally:
+        cluster.resume_apiserver()
+    deadline = time.monotonic() + 15
+    while agent.status("/metrics", headers={"Authorization": "Bearer never-seen"}) != 401:
+        assert time.monotonic() < deadline, "the API server's answer is not used again after the outage"
+        time.sleep(0.2)
+    failures = [line for line in agent.log() if line["event"] == "auth_review_failed"]
+    assert len(failures) == 1  # one warning, rate-limited
+
+
+def test_prometheus_scrapes_over_https_with_a_bound_token_only(world: World) -> None:
+    """A real Prometheus, configured as deploy/README.md tells plain Prometheus (HTTPS without verification, a
+    token file): the bound scraper's job is up, the unbound one's is down with a 403."""
+    cluster, _, netns, workdir = world
+    jobs = []
+    for job, user in (("scraper", SCRAPER_USER), ("nobody", NOBODY)):
+        token = workdir / f"{job}.token"
+        token.write_text(cluster.tokens[user])
+        jobs.append(
+            {
+                "job_name": job,
+                "scheme": "https",
+                "tls_config": {"insecure_skip_verify": True},
+                "authorization": {"credentials_file": str(token)},
+                "static_configs": [{"targets": ["127.0.0.1:9986"]}],
+            }
+        )
+    config = workdir / "prometheus.yml"
+    config.write_text(yaml.safe_dump({"global": {"scrape_interval": "1s"}, "scrape_configs": jobs}))
+    argv = ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}"]
+    argv += [f"--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}"]
+    with (workdir / "prometheus.log").open("wb") as log:
+        prometheus = subprocess.Popen(["ip", "netns", "exec", netns, *argv], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 30
+        while (health := scrape_health(netns)) != {"scraper": ("up", ""), "nobody": ("down", "403")}:
+            assert time.monotonic() < deadline, health
+            time.sleep(0.5)
+    finally:
+        stop_process(prometheus)
+
+
+def scrape_health(netns: str) -> dict[str, tuple[str, str]]:
+    """Each job's target health and the status code in its last error, if any."""
+    try:
+        with (
+            entered(netns),
+            urllib.request.urlopen(f"http://127.0.0.1:{PROMETHEUS_PORT}/api/v1/targets", timeout=5) as got,
+        ):
+            targets = json.loads(got.read())["data"]["activeTargets"]
+    except OSError:
+        return {}
+    found = {}
+    for target in targets:
+        error = target.get("lastError", "")
+        code = "403" if "403" in error else ("" if not error else "other")
+        found[target["labels"]["job"]] = (target["health"], code)
+    return found
