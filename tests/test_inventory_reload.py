@@ -97,3 +97,28 @@ def test_a_broken_file_at_start_is_an_error_for_the_caller(tmp_path: Path) -> No
     path.write_text(HUGE_NUMBER)
     with pytest.raises(InventoryError, match="cannot load it: ValueError"):
         asyncio.run(FileInventory(str(path)).start())
+
+
+def test_a_reload_stuck_reading_a_fifo_is_said_once_and_does_not_hold_up_stopping(tmp_path: Path) -> None:
+    path = tmp_path / "inventory.yaml"
+    path.write_text(WEB)
+    inventory = FileInventory(str(path), check_seconds=CHECK_SECONDS, slow_seconds=0.2)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+
+    async def scenario() -> list[dict[str, object]]:
+        with structlog.testing.capture_logs() as logs:
+            await inventory.start()
+            stop = asyncio.Event()
+            running = asyncio.create_task(inventory.run(stop))
+            os.replace(fifo, path)  # the next check blocks in open(): no writer
+            await until(lambda: any(log["event"] == "inventory_reload_stuck" for log in logs), "the warning")
+            assert owner_at(inventory, "10.244.1.10").name == "web-1"  # what was loaded is still served
+            stop.set()
+            await asyncio.wait_for(running, timeout=0.5)  # it does not wait for the stuck thread
+            # Let the thread go (a writer that closes at once: end of file), or asyncio.run would wait for it.
+            os.close(os.open(path, os.O_WRONLY))
+        return logs
+
+    logs = asyncio.run(scenario())
+    assert [log["event"] for log in logs].count("inventory_reload_stuck") == 1

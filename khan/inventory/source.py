@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger("khan.inventory")
 
 RELOAD_CHECK_SECONDS = 1.0  # how soon an edited --inventory file is picked up; each check is one stat()
+# A load still running after this long is stuck (a FIFO without a writer, a dead network mount), not just large:
+# YAML of 10,000 pods took 3 to 6 s to parse here, so 50,000 on a busy node can take half a minute.
+SLOW_RELOAD_SECONDS = 120.0
 
 
 class InventoryProvider(Protocol):
@@ -72,9 +75,12 @@ class FileInventory:
     worker thread (a large cluster's dump takes seconds to parse); a broken edit keeps the previous inventory (and
     says so) rather than attributing everything to `external`."""
 
-    def __init__(self, path: str | None, check_seconds: float = RELOAD_CHECK_SECONDS) -> None:
+    def __init__(
+        self, path: str | None, check_seconds: float = RELOAD_CHECK_SECONDS, slow_seconds: float = SLOW_RELOAD_SECONDS
+    ) -> None:
         self.path = path
         self._check_seconds = check_seconds
+        self._slow_seconds = slow_seconds
         self._inventory = build_inventory(())
         self._stamp: tuple[int, int, int] | None = None
         self._warnings = RateLimiter(period=60.0)  # a file rewritten broken every second is not a log storm
@@ -92,7 +98,12 @@ class FileInventory:
                 return
             reload = asyncio.create_task(asyncio.to_thread(self.reload_if_changed))
             stopping = asyncio.create_task(stop.wait())
-            await asyncio.wait({reload, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {reload, stopping}, timeout=self._slow_seconds, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:  # said once: until this load returns, no edit is picked up
+                log.warning("inventory_reload_stuck", path=self.path, waited_seconds=self._slow_seconds)
+                await asyncio.wait({reload, stopping}, return_when=asyncio.FIRST_COMPLETED)
             stopping.cancel()
             if not reload.done():
                 # Stopping while a read hangs (a FIFO without a writer, a dead network mount): the thread cannot be
