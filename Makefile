@@ -5,8 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := iproute2 nftables conntrack prometheus prometheus-alertmanager
 STAMP := $(VENV)/.installed
+# Development tools (ruff, mypy, pytest, uv, type stubs) at pinned versions: a new release cannot break `make test`.
+CONSTRAINTS := constraints-dev.txt
+# A second venv with every declared dependency at the lowest version pyproject.toml allows (`make test-floors`).
+FLOORS := .venv-floors
 
-.PHONY: all deps system-deps apiserver demo test lint bench clean
+.PHONY: all deps system-deps apiserver demo test test-floors lint bench clean
 
 all: test
 
@@ -21,10 +25,10 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e '.[dev]' uv
 	touch $(STAMP)
 
 deps: system-deps $(STAMP)
@@ -42,6 +46,14 @@ lint: deps
 test: deps lint apiserver
 	$(BIN)/python -m pytest -q
 
+# The floors are real: a fresh venv gets each direct dependency at its floor (uv's lowest-direct resolution, the
+# dev tools still pinned) and runs the tests that need no root marker, the API-server tests among them.
+test-floors: deps apiserver
+	$(BIN)/uv venv -q --clear --no-python-downloads --python $(BIN)/python $(FLOORS)
+	$(BIN)/uv pip install -q --python $(FLOORS)/bin/python --resolution lowest-direct -c $(CONSTRAINTS) -e '.[dev]'
+	$(BIN)/uv pip list --python $(FLOORS)/bin/python
+	$(FLOORS)/bin/python -m pytest -q -m 'not root'
+
 demo: deps
 	$(BIN)/khan demo
 
@@ -51,4 +63,4 @@ bench: deps apiserver
 	$(BIN)/python benchmarks/churn.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(FLOORS) .mypy_cache .ruff_cache .pytest_cache

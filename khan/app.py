@@ -8,6 +8,7 @@ import errno
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import structlog
@@ -34,11 +35,14 @@ from khan.metrics.watch_collector import WatchCollector
 from khan.poll import poll
 from khan.protection import Protection, ProtectionError, protection_for
 from khan.settings import Settings
+from khan.shutdown import ExitDeadline
 from khan.web import Endpoints, make_app
 
 log = structlog.get_logger("khan.agent")
 
 SHUTDOWN_GRACE_SECONDS = 4.0  # SIGTERM to exit stays within Kubernetes' expectations (and the issue's 5 s)
+# `khan agent` exits this long after it starts stopping, even if a worker thread never returns (khan.shutdown).
+SHUTDOWN_DEADLINE_SECONDS = 4.5
 FATAL_ERRNOS = frozenset({errno.EPERM, errno.EACCES, errno.EPROTONOSUPPORT})  # retrying cannot help
 RESYNC_GAP_SECONDS = 2.0  # after lost events a dump resynchronises, but never more often than this
 EVENTS_SYSCTL = "/proc/sys/net/netfilter/nf_conntrack_events"
@@ -140,7 +144,8 @@ class Agent:
             return "inventory not synced"
         return None if self.health.last is not None else "no successful poll yet"
 
-    async def run(self) -> None:
+    async def run(self, on_stopping: Callable[[], None] = lambda: None) -> None:
+        """Serve and poll until SIGTERM or SIGINT (or the poller ends); `on_stopping` is called when stopping begins."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -176,6 +181,7 @@ class Agent:
         stopping = asyncio.create_task(stop.wait(), name="stopping")
         await asyncio.wait({poller, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stop.set()
+        on_stopping()
         deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS  # one budget for everything below
         try:
             # A poll under way finishes (a full table takes ~1-2 s); then the loop sees `stop` and returns.
@@ -341,9 +347,11 @@ def _host_port(address: str, port: int) -> str:
 
 
 def run_agent(settings: Settings) -> None:
+    deadline = ExitDeadline(SHUTDOWN_DEADLINE_SECONDS)
+
     async def main() -> None:
         agent = Agent(settings)
         await agent.start()
-        await agent.run()
+        await agent.run(on_stopping=deadline.arm)
 
     asyncio.run(main())

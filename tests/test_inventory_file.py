@@ -109,3 +109,39 @@ def test_top_level_that_is_not_an_object_or_list(tmp_path: Path) -> None:
     with pytest.raises(InventoryError) as caught:
         load_inventory(path)
     assert str(caught.value) == f"inventory file {path}: document 1 has 'items' of type dict, not a list"
+
+
+# Values the parser turns into something other than a string: never the end of the agent.
+
+ANNOTATED_POD = """\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web-1
+  namespace: shop
+  creationTimestamp: 2024-05-01T08:00:00Z
+  annotations:
+    backup/last-run: 2024-02-30
+status:
+  podIP: 10.244.1.10
+"""
+
+
+def test_unquoted_dates_stay_strings_even_invalid_ones(tmp_path: Path) -> None:
+    # YAML would read both as timestamps; the second is no date at all and used to fail the whole file.
+    path = tmp_path / "annotated.yaml"
+    path.write_text(ANNOTATED_POD)
+    inventory = load_inventory(path)
+    assert inventory.owner(packed("10.244.1.10")) == Owner("pod", "shop", "", "web-1")
+
+
+def test_a_value_the_parser_cannot_build_is_an_inventory_error(tmp_path: Path) -> None:
+    # Python refuses to convert integers of more than 4,300 digits: a ValueError from inside the YAML parser.
+    path = tmp_path / "huge-number.yaml"
+    path.write_text(ANNOTATED_POD + "spec:\n  priority: " + "9" * 5000 + "\n")
+    with pytest.raises(InventoryError) as caught:
+        load_inventory(path)
+    message = str(caught.value)
+    assert message.startswith(f"inventory file {path}: cannot load it: ValueError: Exceeds the limit (4300 digits)")
+    assert "\n" not in message
+    assert len(message) < 400 + len(str(path))

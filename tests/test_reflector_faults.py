@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Itera
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from kubernetes_asyncio import client as k8s
@@ -149,6 +150,7 @@ class Running:
     stats: ResourceStats
     task: asyncio.Task[None]
     started: float
+    all_stats: WatchStats
 
     def owner(self, ip: str) -> Owner:
         return self.cache.inventory().owner(socket.inet_aton(ip))
@@ -185,7 +187,7 @@ async def reflecting(api: FakeApi, watch_timeout_seconds: float = 60.0) -> Async
     reflector = kube.Reflector(POD, call, cache, stats, watch_timeout_seconds)
     task = asyncio.create_task(reflector.run(), name="watch-pods")
     try:
-        yield Running(api, cache, stats["pods"], task, time.monotonic())
+        yield Running(api, cache, stats["pods"], task, time.monotonic(), stats)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -463,3 +465,35 @@ def test_paged_list_events_and_bookmark_then_resume_from_the_bookmark() -> None:
 
 def test_a_stream_cut_mid_way_is_counted_and_resumed_without_a_relist() -> None:
     resumes_after_a_broken_first_stream([], "break", "connection", "watch stream broke")
+
+
+# A watch that fails the same way every time: not an outage, so readiness says so.
+
+
+async def readline_before_3_13_4(self: aiohttp.StreamReader) -> bytes:
+    """StreamReader.readline exactly as aiohttp released it up to 3.13.3 (which kubernetes-asyncio's range allows):
+    it takes no max_line_length, so the watch's call raises TypeError on every attempt."""
+    return await self.readuntil()
+
+
+def test_a_watch_failing_on_every_attempt_turns_readiness_red(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(aiohttp.StreamReader, "readline", readline_before_3_13_4)
+
+    async def scenario() -> None:
+        async with reflecting(FakeApi()) as running:
+            stats = running.stats
+            await eventually(
+                lambda: stats.crashes_in_a_row >= reasons.CRASHES_BEFORE_UNREADY, "watches crashing", timeout=8
+            )
+            assert stats.synced  # the list worked: what it said is still served
+            assert running.owner("10.244.1.5") == owner_of("pod-a")
+            assert stats.errors["watch", "internal"] == stats.crashes_in_a_row  # khan_kube_api_errors_total
+            assert len(running.api.lists) == 1  # the watch is retried (with backoff), not the list
+            reason = running.all_stats.not_ready_reason()
+            assert reason is not None
+            assert "the watch of pods fails on every attempt (" in reason
+            assert "TypeError" in reason
+            assert "max_line_length" in reason
+            assert running.alive()
+
+    run(scenario())

@@ -2,21 +2,32 @@
 
 Accepted: a `List` (or `NodeList`, `PodList`, `ServiceList`), single objects, several of either as a multi-document
 YAML file, and a bare sequence of objects. JSON is read as YAML. Objects that are not Nodes, Pods or Services are
-skipped by `build_inventory`; only a file that cannot be read or parsed, or whose top level is not objects, fails.
+skipped by `build_inventory`; only a file that cannot be read or parsed, or whose top level is not objects, fails,
+and then always with an InventoryError whatever went wrong inside the parser.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
 from khan.inventory.index import Inventory, build_inventory
 
 # libyaml parses a large cluster's dump about ten times faster than the pure-Python loader.
-_LOADER: type[yaml.SafeLoader | yaml.CSafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_SAFE_LOADER: type[yaml.SafeLoader | yaml.CSafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# The safe loader, except that timestamps stay strings: Kubernetes objects hold RFC 3339 strings, never YAML
+# timestamps, and an unquoted invalid date anywhere (`2024-02-30` in an annotation) would fail the whole file.
+_LOADER = cast("type[yaml.SafeLoader | yaml.CSafeLoader]", type("KubernetesLoader", (_SAFE_LOADER,), {}))
+
+
+def _timestamp_as_text(loader: yaml.SafeLoader | yaml.CSafeLoader, node: yaml.Node) -> str:
+    return str(node.value)
+
+
+_LOADER.add_constructor("tag:yaml.org,2002:timestamp", _timestamp_as_text)
 
 
 class InventoryError(Exception):
@@ -33,8 +44,12 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
         raise InventoryError(f"{where}: cannot read it: {exc.strerror or exc}") from exc
     try:
         return build_inventory(_objects(yaml.load_all(data, Loader=_LOADER), where))
+    except InventoryError:
+        raise
     except yaml.YAMLError as exc:
         raise InventoryError(f"{where}: {_describe(exc)}") from exc
+    except Exception as exc:  # a value the parser cannot build (an int of 5,000 digits), nesting too deep, ...
+        raise InventoryError(f"{where}: cannot load it: {_one_line(exc)}") from exc
 
 
 def _objects(documents: Iterable[Any], where: str) -> Iterator[Any]:
@@ -64,6 +79,11 @@ def _objects(documents: Iterable[Any], where: str) -> Iterator[Any]:
             if item_kind and isinstance(item, dict) and "kind" not in item:
                 item = {**item, "kind": item_kind}
             yield item
+
+
+def _one_line(exc: Exception) -> str:
+    text = " ".join(str(exc).split())[:300]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _describe(exc: yaml.YAMLError) -> str:

@@ -192,6 +192,7 @@ class Reflector:
                 self._stats.watch_starts[reason if watched else reasons.INITIAL] += 1
                 watched = True
                 reason, delivered, lasted = await self._watch()
+                self._stats.crashes_in_a_row = 0
                 # Only a watch that worked clears the backoff: a list that succeeds before every 410 does not.
                 if delivered:
                     self._backoff.reset()
@@ -218,6 +219,7 @@ class Reflector:
             except Exception as exc:  # a bug or a library surprise must not end the watch for good: retry it
                 log.exception("watch_crashed", resource=self.resource, error=repr(exc))
                 self._stats.errors["watch", "internal"] += 1
+                self._stats.crashes_in_a_row += 1  # past CRASHES_BEFORE_UNREADY, /readyz says so
                 self._stats.last_error = repr(exc)
                 detail = self._stats.last_error
                 reason = reasons.ERROR
@@ -412,14 +414,7 @@ class ApiInventory:
         return self.cache.lingering
 
     def not_ready_reason(self) -> str | None:
-        waiting = self.stats.unsynced()
-        if not waiting:
-            return None
-        errors = [
-            f"{resource}: {error}" for resource in waiting if (error := self.stats[resource].last_error) is not None
-        ]
-        why = f" (last error: {'; '.join(errors)})" if errors else ""
-        return f"waiting for the first list of {', '.join(waiting)}{why}"
+        return self.stats.not_ready_reason()
 
     def _reflector(self, kind: str, call: Request) -> Reflector:
         return Reflector(kind, call, self.cache, self.stats, self._watch_timeout, self._check_synced)

@@ -43,7 +43,7 @@ class RawObjectMeta(TypedDict, total=False):
     name: str
     namespace: str
     labels: dict[str, str]
-    creationTimestamp: str  # RFC 3339; an unquoted one in a hand-written YAML file arrives as a datetime
+    creationTimestamp: str  # RFC 3339 (the file loader keeps even an unquoted YAML timestamp a string)
     ownerReferences: list[RawOwnerReference]
 
 

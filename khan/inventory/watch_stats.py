@@ -16,6 +16,11 @@ INACTIVE = "inactive"  # nothing, not even a bookmark, arrived for too long: the
 ERROR = "error"  # a request failed (connection, HTTP status, unreadable answer); retried after a backoff
 REASONS = (INITIAL, CLOSED, EXPIRED, INACTIVE, ERROR)
 
+# An attempt that fails with an unexpected exception (a bug, or a library release without an API khan uses) will
+# fail the same way every time, unlike an outage: this many in a row make the agent unready, so that it is seen
+# (and a rollout of such a build stops) instead of serving a frozen inventory behind a green /readyz.
+CRASHES_BEFORE_UNREADY = 3
+
 
 @dataclass
 class ResourceStats:
@@ -24,6 +29,7 @@ class ResourceStats:
     errors: Counter[tuple[str, str]] = field(default_factory=Counter)  # by (verb, code)
     last_event: float | None = None  # monotonic time of the last list, event or bookmark
     last_error: str | None = None  # the last failure, for /readyz while not synced
+    crashes_in_a_row: int = 0  # attempts ended by an unexpected exception since the last watch that worked
 
 
 class WatchStats:
@@ -40,6 +46,29 @@ class WatchStats:
 
     def unsynced(self) -> list[str]:
         return [resource for resource, stats in self.resources.items() if not stats.synced]
+
+    def crashing(self) -> list[str]:
+        """Resources whose list or watch failed with an unexpected exception on each of the last attempts."""
+        return [
+            resource for resource, stats in self.resources.items() if stats.crashes_in_a_row >= CRASHES_BEFORE_UNREADY
+        ]
+
+    def not_ready_reason(self) -> str | None:
+        """None once every resource is listed and no watch keeps crashing; else why not, with the last errors."""
+        reasons: list[str] = []
+        waiting = self.unsynced()
+        if waiting:
+            errors = [
+                f"{resource}: {error}" for resource in waiting if (error := self[resource].last_error) is not None
+            ]
+            why = f" (last error: {'; '.join(errors)})" if errors else ""
+            reasons.append(f"waiting for the first list of {', '.join(waiting)}{why}")
+        reasons.extend(
+            f"the watch of {resource} fails on every attempt ({self[resource].crashes_in_a_row} in a row, last error: "
+            f"{self[resource].last_error})"
+            for resource in self.crashing()
+        )
+        return "; ".join(reasons) or None
 
     def event_ages(self) -> dict[str, float]:
         """Seconds since each resource last heard from the API; resources that never did are left out."""

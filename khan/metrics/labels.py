@@ -6,8 +6,9 @@ Every address is looked up once per poll, however many entries name it.
 
 from __future__ import annotations
 
+import hashlib
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from khan.inventory.index import Inventory
@@ -31,9 +32,40 @@ _LOOPBACK6 = bytes(15) + b"\x01"
 
 End = tuple[str, str, str, str, str]  # type, ip, ns, app, name
 
+# The longest label value taken from an object, in UTF-8 bytes (what Prometheus's label_value_length_limit counts;
+# one longer value fails the node's whole scrape). 253 is the longest name Kubernetes allows (a DNS subdomain), so
+# every name, namespace and label value the API accepts passes untouched; a longer one (from a file inventory, or
+# an ownerReference's name, whose length the API does not check) is cut and ends in "~" and a hash of the whole,
+# so that two cut values stay apart and no valid name ("~" is not allowed in one) can equal a cut value.
+MAX_LABEL_VALUE_BYTES = 253
+_HASH_BYTES = 4  # 8 hex digits
+
 
 def address_text(packed: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
+
+
+def capped(value: str) -> str:
+    """`value` if it fits MAX_LABEL_VALUE_BYTES, else its longest prefix that does with "~" and the hash."""
+    if len(value) <= MAX_LABEL_VALUE_BYTES and value.isascii():
+        return value
+    encoded = value.encode()
+    if len(encoded) <= MAX_LABEL_VALUE_BYTES:
+        return value
+    digest = hashlib.blake2b(encoded, digest_size=_HASH_BYTES).hexdigest()
+    keep = MAX_LABEL_VALUE_BYTES - 1 - len(digest)
+    return encoded[:keep].decode(errors="ignore") + "~" + digest  # never half a character
+
+
+def _capped_owner(owner: Owner) -> Owner:
+    """The owner with every field that becomes a label value capped; the same object in the common case."""
+    values = (owner.ns, owner.app, owner.name, owner.workload_name)
+    if all(len(value) <= MAX_LABEL_VALUE_BYTES // 4 for value in values):  # 4 bytes per character at most
+        return owner
+    ns, app, name, workload_name = map(capped, values)
+    if (ns, app, name, workload_name) == values:
+        return owner
+    return replace(owner, ns=ns, app=app, name=name, workload_name=workload_name)
 
 
 @dataclass(frozen=True)
@@ -63,6 +95,7 @@ class Attributor:
             owner = self.inventory.owner(packed)
             if owner.type == "external":
                 owner = self.policy.outside.owner(packed)
+            owner = _capped_owner(owner)
             self._owners[packed] = owner
         return owner
 
