@@ -36,7 +36,7 @@ from khan.conntrack.table import StatsError, split_messages, stats_attributes
 from tests.netlink_fixtures import hex_buffers, recorded_buffers
 
 SEED = 20261129
-CASES = 3000
+CASES = 10_000
 PER_INPUT_SECONDS = 1.0  # a decode of these buffers takes well under a millisecond; a loaded CI runner is slower
 WHOLE_RUN_SECONDS = 120  # the backstop if a hang were out of SIGALRM's reach (in C): dump the stacks and exit
 MAX_FAILURES = 20  # then stop: the report is long enough, and each hang costs PER_INPUT_SECONDS
