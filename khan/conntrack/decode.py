@@ -6,6 +6,10 @@ attribute layout, so the first entry of each shape is walked attribute by attrib
 into a template: one struct that reads the whole message at once and checks every attribute header. Every later
 entry of that shape costs one unpack, one comparison and one tuple; anything else falls back to the walk.
 
+No byte is trusted: every walk, over messages or attributes, stops at a length below its header or past its
+container and steps forward by 4 bytes or more, so no input can stall it; a bad entry is counted as malformed
+(tests/test_decode_fuzz.py feeds it mutations of recorded dumps).
+
 Layout reference: include/uapi/linux/netfilter/nfnetlink_conntrack.h and ctnetlink_fill_info() in the kernel.
 """
 
