@@ -26,3 +26,9 @@ def message_offsets(buf: bytes) -> list[int]:
         offsets.append(pos)
         pos += (struct.unpack_from("=I", buf, pos)[0] + 3) & ~3
     return offsets
+
+
+def hex_buffers(name: str) -> list[bytes]:
+    """Buffers kept as text (tests/fixtures/netlink/*.hex): one buffer a line in hex; # starts a comment line."""
+    lines = (FIXTURES / name).read_text().splitlines()
+    return [bytes.fromhex(line) for line in lines if line.strip() and not line.startswith("#")]

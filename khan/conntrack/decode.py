@@ -6,13 +6,17 @@ attribute layout, so the first entry of each shape is walked attribute by attrib
 into a template: one struct that reads the whole message at once and checks every attribute header. Every later
 entry of that shape costs one unpack, one comparison and one tuple; anything else falls back to the walk.
 
+No byte is trusted: every walk, over messages or attributes, stops at a length below its header or past its
+container and steps forward by 4 bytes or more, so no input can stall it; a bad entry is counted as malformed
+(tests/test_decode_fuzz.py feeds it mutations of recorded dumps).
+
 Layout reference: include/uapi/linux/netfilter/nfnetlink_conntrack.h and ctnetlink_fill_info() in the kernel.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from operator import itemgetter
 from typing import Any, NamedTuple
 
@@ -168,7 +172,10 @@ def _decode_tuple(buf: bytes | bytearray, off: int, end: int) -> tuple[bytes, by
 
 
 def _decode_nested_u8(buf: bytes | bytearray, off: int, end: int, outer: int, inner: int) -> int:
-    """The u8 at nest `outer` -> attribute `inner` (CTA_PROTOINFO -> TCP -> STATE); NO_TCP_STATE if absent."""
+    """The u8 at nest `outer` -> attribute `inner` (CTA_PROTOINFO -> TCP -> STATE), the first if repeated;
+    NO_TCP_STATE if absent. Every header of both levels is checked, also past the value: the template compiler
+    walks them all, and must only ever meet headers that passed here."""
+    found = NO_TCP_STATE
     unpack_nla = _NLA.unpack_from
     while off + 4 <= end:
         alen, atype = unpack_nla(buf, off)
@@ -180,12 +187,11 @@ def _decode_nested_u8(buf: bytes | bytearray, off: int, end: int, outer: int, in
                 blen, btype = unpack_nla(buf, pos)
                 if blen < 4 or pos + blen > stop:
                     raise MalformedEntry("nested attribute overruns its nest")
-                if btype & NLA_TYPE_MASK == inner and blen >= 5:
-                    value: int = buf[pos + 4]
-                    return value
+                if btype & NLA_TYPE_MASK == inner and blen >= 5 and found == NO_TCP_STATE:
+                    found = buf[pos + 4]
                 pos += (blen + 3) & ~3
         off += (alen + 3) & ~3
-    return NO_TCP_STATE
+    return found
 
 
 def _decode_counters(buf: bytes | bytearray, off: int, end: int) -> tuple[int, int]:
@@ -316,10 +322,16 @@ def _compile_template(buf: bytes | bytearray, start: int, end: int, flow: Flow) 
     value_slots: dict[int, tuple[str, str]] = {}  # offset -> (struct code, Flow field)
     unpack_nla = _NLA.unpack_from
 
-    def header(off: int) -> tuple[int, int, int]:
-        alen, atype = unpack_nla(buf, off)
-        check[off - start : off - start + 4] = [True] * 4
-        return alen, atype & NLA_TYPE_MASK, off + ((alen + 3) & ~3)
+    def members(pos: int, stop: int) -> Iterator[tuple[int, int, int]]:
+        """(offset, length, type) of each attribute in buf[pos:stop], its header marked as checked. decode_entry
+        has checked these headers already; one that lies anyway raises, never loops: each step is 4 bytes or more."""
+        while pos + 4 <= stop:
+            alen, atype = unpack_nla(buf, pos)
+            if alen < 4 or pos + alen > stop:
+                raise MalformedEntry("attribute overruns its nest")
+            check[pos - start : pos - start + 4] = [True] * 4
+            yield pos, alen, atype & NLA_TYPE_MASK
+            pos += (alen + 3) & ~3
 
     def value(off: int, alen: int, code: str, role: str) -> None:
         width = _CODE_SIZES[code]
@@ -329,45 +341,30 @@ def _compile_template(buf: bytes | bytearray, start: int, end: int, flow: Flow) 
             padded = min(off + ((alen + 3) & ~3) - start, size)
             check[rel + width : padded] = [True] * (padded - rel - width)
 
-    off = start + NFGENMSG_LEN
-    while off + 4 <= end:
-        alen, atype, after = header(off)
-        if atype in (CTA_TUPLE_ORIG, CTA_TUPLE_REPLY):
-            prefix = "" if atype == CTA_TUPLE_ORIG else "reply_"
-            pos = off + 4
-            while pos + 4 <= off + alen:
-                nlen, ntype, nafter = header(pos)
-                inner = pos + 4
-                while inner + 4 <= pos + nlen:
-                    blen, btype, bafter = header(inner)
-                    wanted = _TUPLE_VALUES.get((ntype, btype))
-                    if wanted and not (prefix and wanted[1] == "proto"):
-                        value(inner, blen, wanted[0], prefix + wanted[1])
-                    inner = bafter
-                pos = nafter
-        elif atype in _TOP_VALUES:
-            value(off, alen, *_TOP_VALUES[atype])
-        elif atype == CTA_PROTOINFO:
-            pos = off + 4
-            while pos + 4 <= off + alen:
-                nlen, ntype, nafter = header(pos)
-                if ntype == CTA_PROTOINFO_TCP:
-                    inner = pos + 4
-                    while inner + 4 <= pos + nlen:
-                        blen, btype, bafter = header(inner)
-                        if btype == CTA_PROTOINFO_TCP_STATE and flow.proto == IPPROTO_TCP:
-                            value(inner, blen, "B", "tcp_state")
-                        inner = bafter
-                pos = nafter
-        elif atype in (CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY):
-            direction = "orig_" if atype == CTA_COUNTERS_ORIG else "reply_"
-            pos = off + 4
-            while pos + 4 <= off + alen:
-                nlen, ntype, nafter = header(pos)
-                if ntype in _COUNTER_VALUES:
-                    value(pos, nlen, "Q", direction + _COUNTER_VALUES[ntype])
-                pos = nafter
-        off = after
+    try:
+        for off, alen, atype in members(start + NFGENMSG_LEN, end):
+            if atype in (CTA_TUPLE_ORIG, CTA_TUPLE_REPLY):
+                prefix = "" if atype == CTA_TUPLE_ORIG else "reply_"
+                for pos, nlen, ntype in members(off + 4, off + alen):
+                    for inner, blen, btype in members(pos + 4, pos + nlen):
+                        wanted = _TUPLE_VALUES.get((ntype, btype))
+                        if wanted and not (prefix and wanted[1] == "proto"):
+                            value(inner, blen, wanted[0], prefix + wanted[1])
+            elif atype in _TOP_VALUES:
+                value(off, alen, *_TOP_VALUES[atype])
+            elif atype == CTA_PROTOINFO:
+                for pos, nlen, ntype in members(off + 4, off + alen):
+                    if ntype == CTA_PROTOINFO_TCP:
+                        for inner, blen, btype in members(pos + 4, pos + nlen):
+                            if btype == CTA_PROTOINFO_TCP_STATE and flow.proto == IPPROTO_TCP:
+                                value(inner, blen, "B", "tcp_state")
+            elif atype in (CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY):
+                direction = "orig_" if atype == CTA_COUNTERS_ORIG else "reply_"
+                for pos, nlen, ntype in members(off + 4, off + alen):
+                    if ntype in _COUNTER_VALUES:
+                        value(pos, nlen, "Q", direction + _COUNTER_VALUES[ntype])
+    except MalformedEntry:
+        return None
 
     # One struct over the whole message: values, runs of checked bytes ("Ns"), runs of ignored bytes ("Nx").
     fmt, checked, roles, index, position = ["!"], [], {}, 0, 0

@@ -27,8 +27,12 @@ AF_UNSPEC = 0  # both IPv4 and IPv6 entries in one dump
 
 RECEIVE_BUFFER_BYTES = 256 * 1024  # the kernel fills at most 32 KiB per dump message batch; room to spare
 SOCKET_RCVBUF_BYTES = 4 * 1024 * 1024  # capped by the host's rmem_max, which khan never changes
+# The kernel builds each batch of a dump inside the recv() that asks for it, so a healthy dump never waits; a
+# dump whose NLMSG_DONE was lost (behind a broken message header) would wait for ever without a bound.
+RECEIVE_TIMEOUT_SECONDS = 10.0
 
 _REQUEST = struct.Struct("=IHHII BBH")
+_TIMEVAL = struct.Struct("@ll")
 _sequence = itertools.count(1)
 
 
@@ -52,6 +56,8 @@ def describe_error(code: int) -> str:
         return "no permission to read the conntrack table over netlink (run as root or grant CAP_NET_ADMIN)"
     if code in (errno.EPROTONOSUPPORT, errno.EOPNOTSUPP, errno.ENOENT):
         return "the kernel has no conntrack netlink support (load nf_conntrack_netlink)"
+    if code == errno.ETIMEDOUT:
+        return f"the kernel sent nothing more for {RECEIVE_TIMEOUT_SECONDS:g} s and the answer had not ended"
     return f"conntrack dump failed: {os.strerror(code)}"
 
 
@@ -62,6 +68,9 @@ def open_socket() -> socket.socket:
         raise ConntrackError(exc.errno or errno.EPROTONOSUPPORT, describe_error(exc.errno or 0)) from exc
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_RCVBUF_BYTES)
+        # SO_RCVTIMEO rather than settimeout(): the socket stays blocking, no poll() before each recv.
+        seconds, fraction = divmod(RECEIVE_TIMEOUT_SECONDS, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(int(seconds), int(fraction * 1e6)))
         sock.bind((0, 0))
     except OSError:
         sock.close()
@@ -96,6 +105,8 @@ def dump_flows(stats: DumpStats) -> Iterator[list[Flow]]:
                 if exc.errno == errno.ENOBUFS:  # the kernel dropped part of the dump: as good as interrupted
                     stats.interrupted = True
                     return
+                if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):  # RECEIVE_TIMEOUT_SECONDS passed
+                    raise ConntrackError(errno.ETIMEDOUT, describe_error(errno.ETIMEDOUT)) from exc
                 raise ConntrackError(exc.errno or errno.EIO, describe_error(exc.errno or errno.EIO)) from exc
             # A batch larger than the buffer was cut short: decode_chunk counts its cut message as malformed.
             length = min(length, len(buf))

@@ -78,7 +78,10 @@ def _ask(sock: socket.socket, command: int, *, dump: bool) -> list[dict[int, int
     answers: list[dict[int, int | None]] = []
     buf = bytearray(RECEIVE_BUFFER_BYTES)
     while True:
-        length = min(sock.recv_into(buf, 0, socket.MSG_TRUNC), len(buf))
+        try:
+            length = min(sock.recv_into(buf, 0, socket.MSG_TRUNC), len(buf))
+        except BlockingIOError as exc:  # the receive timeout of open_socket: the answer never ended
+            raise StatsError(errno.ETIMEDOUT, describe_error(errno.ETIMEDOUT)) from exc
         for kind, payload in split_messages(memoryview(buf)[:length]):
             if kind == NLMSG_ERROR:
                 code = -struct.unpack_from("=i", payload)[0] if len(payload) >= 4 else errno.EBADMSG
