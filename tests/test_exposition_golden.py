@@ -130,3 +130,9 @@ def test_before_the_first_poll_only_totals_and_build_info_are_served() -> None:
     assert "khan_build_info{" in text
     assert "khan_connection{" not in text
     assert "khan_last_successful_poll_timestamp_seconds" not in text
+
+
+def test_malformed_events_count_with_malformed_dump_entries() -> None:
+    malformed_events = EventStats(new=9, destroy=3, malformed=2, overflows=1, dropped=40)
+    assert "khan_entries_malformed_total 3.0" in render(HEALTH, events=malformed_events)
+    assert "khan_entries_malformed_total 1.0" in render(HEALTH, events=None)

@@ -270,6 +270,9 @@ class EventReader:
             result = decode_chunk(buf, length, opened, templates, destroyed)
             if result.malformed:
                 self.stats.malformed += result.malformed
+                allowed, held = self._errors.allow("events_malformed")
+                if allowed:
+                    log.warning("events_malformed", skipped=result.malformed, suppressed_since_last=held)
             # One event per message, one message per read: emptying both lists each time keeps the stream's order.
             for flow in opened:
                 add(Event(True, flow))

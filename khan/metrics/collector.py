@@ -61,7 +61,7 @@ def families(
     yield counter(f.POLLS, health.polls)
     yield counter(f.POLL_ERRORS, health.poll_errors)
     yield counter(f.ENTRIES_READ, health.entries_read)
-    yield counter(f.ENTRIES_MALFORMED, health.entries_malformed)
+    yield counter(f.ENTRIES_MALFORMED, health.entries_malformed + (events.malformed if events is not None else 0))
     yield counter(f.DUMPS_INTERRUPTED, health.dumps_interrupted)
     if last is not None:
         yield gauge(f.POLL_DURATION, last.duration_seconds)

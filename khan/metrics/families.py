@@ -127,7 +127,9 @@ POLL_INTERVAL = MetricSpec(
 POLL_ENTRIES = MetricSpec("khan_poll_entries", "gauge", "Conntrack entries read by the last successful poll.")
 ENTRIES_READ = MetricSpec("khan_entries_read_total", "counter", "Conntrack entries read by all polls.")
 ENTRIES_MALFORMED = MetricSpec(
-    "khan_entries_malformed_total", "counter", "Conntrack entries skipped because their netlink bytes did not parse."
+    "khan_entries_malformed_total",
+    "counter",
+    "Conntrack entries (of dumps and events) skipped because their netlink bytes did not parse.",
 )
 DUMPS_INTERRUPTED = MetricSpec(
     "khan_dumps_interrupted_total",
