@@ -87,10 +87,11 @@ def test_probes_stay_fast_under_eight_scrapers(loaded: Agent) -> None:
         probes = time_probes(loaded.port, seconds=6)
     assert len(scrapes) >= SCRAPERS, "the scrapers did not scrape"
     assert all(scrape.status == 200 for scrape in scrapes)
-    # Rendering on every request (the old way) took ~0.3-0.6 s of the event loop per scrape: probes then
-    # waited seconds behind eight scrapes.
-    assert max(probes) < 0.5, sorted(probes)[-5:]
-    assert statistics.median(probes) < 0.05, statistics.median(probes)
+    # Rendering on every request (the old way) took ~0.3-0.6 s of the event loop per scrape: every probe then
+    # waited over 1 s behind eight scrapes (the kubelet's timeout). Now the worst is a few hundred ms on a busy
+    # 2-core machine (eight scrapers pulling 7.5 MB each, back to back); the bounds leave room for that.
+    assert max(probes) < 0.8, sorted(probes)[-5:]
+    assert statistics.median(probes) < 0.1, statistics.median(probes)
 
 
 def test_gzip_is_the_plain_body_compressed(loaded: Agent) -> None:
