@@ -108,12 +108,12 @@ class LoopExceptionHandler:
 class RateLimiter:
     """Lets an event through at most once per `period` seconds per key; counts what it held back."""
 
+    MAX_KEYS = 256  # keys come from code, not clients; still, a bound
+
     def __init__(self, period: float = 60.0) -> None:
         self.period = period
         self._last: dict[str, float] = {}
         self._held: dict[str, int] = {}
-
-    MAX_KEYS = 256  # keys come from code, not clients; still, a bound
 
     def allow(self, key: str) -> tuple[bool, int]:
         """(whether to log now, how many were held back since the last one logged)."""
