@@ -215,6 +215,7 @@ def test_a_hostile_client_is_one_json_line_at_most(strict: Agent, client: Callab
     assert not any("Traceback" in line for line in lines)
 
 
+@pytest.mark.usefixtures("loaded")  # the table full
 def test_idle_connections_beyond_a_1024_file_limit_starve_nothing(netns: str, tmp_path: Path) -> None:
     def low_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))  # soft = hard: raising cannot help
@@ -249,3 +250,32 @@ def test_idle_connections_beyond_a_1024_file_limit_starve_nothing(netns: str, tm
         assert len(lines) < 30, running.tail()
         assert sum(len(line) for line in lines) < 20_000
         assert any('"file_limit"' in line for line in lines)
+
+
+def test_running_out_of_descriptors_on_accept_is_one_line(netns: str, tmp_path: Path) -> None:
+    """A file limit too small for the connection cap's reserve (64): accepting fails with EMFILE while the
+    connections last, which is said once, and the agent serves again as soon as they go."""
+
+    def tiny_file_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    idle: list[socket.socket] = []
+    with agent(netns, tmp_path, ["--web-header-timeout", "60"], preexec_fn=tiny_file_limit) as running:
+        try:
+            for _ in range(200):
+                try:
+                    idle.append(socket.create_connection(("127.0.0.1", running.port), timeout=0.5))
+                except OSError:  # the backlog is full while accepting is paused
+                    break
+            time.sleep(2)
+        finally:
+            for sock in idle:
+                sock.close()
+        deadline = time.monotonic() + 5
+        while probe(running.port) >= 0.5:
+            assert time.monotonic() < deadline, running.tail()
+        lines = running.lines()
+        assert_json_lines(lines)
+        exhausted = [line for line in lines if '"file_descriptors_exhausted"' in line]
+        assert len(exhausted) == 1, running.tail()
+        assert len(lines) < 20, running.tail()
