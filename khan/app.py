@@ -225,7 +225,9 @@ class Agent:
         interval = self.settings.interval_seconds
         synced = asyncio.create_task(self.inventory.wait_synced())
         stopping = asyncio.create_task(stop.wait())
-        await asyncio.wait({synced, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        while not (synced.done() or stopping.done()):
+            await asyncio.wait({synced, stopping}, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+            await self.render_metrics()  # no poll yet: the watches' errors and progress are still served fresh
         synced.cancel()
         stopping.cancel()
         resync = self._resync or asyncio.Event()
