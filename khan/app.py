@@ -68,6 +68,7 @@ class Agent:
             self.loop_registry.register(WatchCollector(watch_stats, self.inventory.deleted_pods))
         # /metrics serves this: rendered after every poll in its own thread (never the poll's, never the loop).
         self.exposition: Exposition | None = None
+        self._served = self.health  # the health that exposition shows: ready once it holds a successful poll
         self._renderer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="khan-render")
         self._warnings = RateLimiter(period=60.0)
         self._resync: asyncio.Event | None = None
@@ -138,11 +139,13 @@ class Agent:
 
     async def render_metrics(self) -> None:
         """The exposition of the state now, off the event loop; a failure keeps the previous one."""
+        health = self.health
         try:
             started = time.perf_counter()
             collected_here = list(self.loop_registry.collect())
             loop = asyncio.get_running_loop()
             self.exposition = await loop.run_in_executor(self._renderer, render, self.registry, collected_here)
+            self._served = health
             log.debug(
                 "exposition_rendered",
                 seconds=round(time.perf_counter() - started, 3),
@@ -156,7 +159,7 @@ class Agent:
         inventory = self.inventory.not_ready_reason()
         if inventory is not None:
             return f"inventory not synced: {inventory}"
-        return None if self.health.last is not None else "no successful poll yet"
+        return None if self._served.last is not None else "no successful poll yet"
 
     async def run(self) -> None:
         stop = asyncio.Event()
