@@ -37,8 +37,10 @@ MAX_FLOWS_LIMIT = 10_000  # the agent keeps this many of each poll's heaviest fl
 MAX_LIMIT_DIGITS = 6  # checked before int(): Python refuses to convert more than 4,300 digits
 # The kubelet's probes: cheap, never behind the cap on requests in flight.
 PROBES = frozenset({"/healthz", "/readyz"})
-SEND_CHUNK_BYTES = 256 * 1024  # a scrape's body goes out in slices, so a slow reader holds one slice, not 12 MiB
-# A scraper that reads slower than this gives its slot back: 12 MiB (4 MiB gzipped) in a minute is 200 KiB/s.
+# A scrape's body goes out in slices: a slow reader holds one slice of buffer, not the whole 7.5 MB (10,000
+# series, plain text).
+SEND_CHUNK_BYTES = 256 * 1024
+# A scraper still reading after this gives its slot back (7.5 MB in a minute is 125 kB/s; gzipped, 2.5 kB/s).
 SEND_TIMEOUT_SECONDS = 60.0
 
 
@@ -67,7 +69,9 @@ def make_app(endpoints: Endpoints, max_requests: int, middlewares: Sequence[Midd
             request.headers.get(hdrs.ACCEPT, ""),
             request.headers.get(hdrs.ACCEPT_ENCODING, ""),
         )
-        response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: chosen.content_type, hdrs.VARY: "Accept-Encoding"})
+        response = web.StreamResponse(
+            headers={hdrs.CONTENT_TYPE: chosen.content_type, hdrs.VARY: "Accept, Accept-Encoding"}
+        )
         if chosen.gzipped:
             response.headers[hdrs.CONTENT_ENCODING] = "gzip"
         response.content_length = len(chosen.body)
