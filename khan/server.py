@@ -12,7 +12,9 @@ API), so a flood of connections cannot make a poll fail with EMFILE.
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,7 +28,11 @@ from khan.logs import RateLimiter
 
 log = structlog.get_logger("khan.server")
 
-BACKLOG = 128  # aiohttp's default: at most this many sockets accepted in one go before the cap sees them
+BACKLOG = 128  # asyncio accepts up to this many sockets in one go, before the cap sees any of them
+# The kernel's queue of connections not yet accepted, longer than the batch: a burst of connections (a flood of
+# idle sockets) then waits there for the cap to sort it out, instead of having SYNs dropped; dropped SYNs would
+# include the kubelet's, retried only after 1 s, its whole timeout. Capped by net.core.somaxconn.
+KERNEL_BACKLOG = 4096
 RESERVED_DESCRIPTORS = 128  # the agent's own: netlink sockets, /proc and inventory files, API connections
 MIN_CONNECTIONS = 8
 
@@ -248,4 +254,8 @@ async def start_server(
     except OSError:
         await runner.cleanup()
         raise
+    for listening in server.sockets:
+        # asyncio listens with the batch size; a duplicate descriptor of the same socket sets the kernel's queue.
+        with socket.socket(fileno=os.dup(listening.fileno())) as same:
+            same.listen(KERNEL_BACKLOG)
     return RunningServer(runner, server)

@@ -8,6 +8,8 @@ import contextlib
 import http.client
 import json
 import os
+import selectors
+import socket
 import subprocess
 import sys
 import time
@@ -173,6 +175,27 @@ def scrapers(port: int, count: int, seconds: float, encoding: str = "") -> Itera
             if process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+def open_idle_connections(port: int, count: int, seconds: float = 15) -> list[socket.socket]:
+    """`count` connections that send nothing, opened all at once (the kernel retries a SYN the full accept queue
+    dropped, for all of them in parallel); returns once each has connected, or been refused or reset."""
+    sockets = []
+    with selectors.DefaultSelector() as selector:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", port))
+            sockets.append(sock)
+            selector.register(sock, selectors.EVENT_WRITE)
+        deadline = time.monotonic() + seconds
+        pending = count
+        while pending and time.monotonic() < deadline:
+            for key, _ in selector.select(timeout=0.5):
+                selector.unregister(key.fileobj)
+                pending -= 1
+    assert pending == 0, f"{pending} of {count} connections neither connected nor failed in {seconds} s"
+    return sockets
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
