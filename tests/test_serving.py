@@ -26,6 +26,7 @@ from tests.serving_load import (
     agent,
     fill_distinct_series,
     open_idle_connections,
+    percentile,
     probe,
     scrapers,
     time_probes,
@@ -89,9 +90,11 @@ def test_probes_stay_fast_under_eight_scrapers(loaded: Agent) -> None:
     assert len(scrapes) >= SCRAPERS, "the scrapers did not scrape"
     assert all(scrape.status == 200 for scrape in scrapes)
     # Rendering on every request (the old way) took ~0.3-0.6 s of the event loop per scrape: every probe then
-    # waited over 1 s behind eight scrapes (the kubelet's timeout). Now the worst is a few hundred ms on a busy
-    # 2-core machine (eight scrapers pulling 7.5 MB each, back to back); the bounds leave room for that.
-    assert max(probes) < 0.8, sorted(probes)[-5:]
+    # waited over 1 s behind eight scrapes (the kubelet's timeout). Now the worst is up to ~0.6 s on a busy
+    # 2-core machine (eight scrapers pulling 7.5 MB each back to back, 1 GB/s, while a rendering holds the
+    # interpreter lock), and most answer within tens of ms; the bounds leave room for that.
+    assert max(probes) < 0.9, sorted(probes)[-5:]
+    assert percentile(probes, 0.9) < 0.25, sorted(probes)[-10:]
     assert statistics.median(probes) < 0.1, statistics.median(probes)
 
 
