@@ -78,7 +78,7 @@ def make_app(endpoints: Endpoints, max_requests: int, middlewares: Sequence[Midd
         try:
             async with asyncio.timeout(SEND_TIMEOUT_SECONDS):
                 await response.prepare(request)
-                body = memoryview(chosen.body)
+                body = memoryview(chosen.body if request.method != hdrs.METH_HEAD else b"")  # HEAD: headers alone
                 for start in range(0, len(body), SEND_CHUNK_BYTES):
                     await response.write(body[start : start + SEND_CHUNK_BYTES])
                 await response.write_eof()

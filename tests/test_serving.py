@@ -124,6 +124,18 @@ def test_openmetrics_is_negotiated_from_accept(loaded: Agent) -> None:
     assert not plain.endswith(b"# EOF\n")
 
 
+def test_head_is_headers_alone_and_the_connection_goes_on(loaded: Agent) -> None:
+    answer = raw_exchange(
+        loaded.port,
+        b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    first, second = answer.split(b"\r\n\r\n", 1)
+    assert first.startswith(b"HTTP/1.1 200")
+    assert int(dict(line.split(b": ", 1) for line in first.split(b"\r\n")[1:])[b"Content-Length"]) > 1_000_000
+    assert second.startswith(b"HTTP/1.1 200"), second[:100]  # not the body of the HEAD
+    assert second.endswith(b"\r\n\r\nok\n")
+
+
 def test_flows_limit_of_thousands_of_digits_is_a_400(loaded: Agent) -> None:
     status, body = get(loaded.base + "/flows?limit=" + "9" * 5000)
     assert status == 400
