@@ -61,6 +61,7 @@ bench: deps apiserver
 	$(BIN)/python benchmarks/snapshot_vs_conntrack.py
 	$(BIN)/python benchmarks/inventory_scale.py
 	$(BIN)/python benchmarks/churn.py
+	$(BIN)/python benchmarks/serving.py
 
 clean:
 	rm -rf $(VENV) $(FLOORS) .mypy_cache .ruff_cache .pytest_cache

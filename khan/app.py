@@ -9,11 +9,11 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import structlog
-from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -27,13 +27,15 @@ from khan.counting.tracker import ConnectionTracker, HeavyFlow
 from khan.inventory.api_config import ApiConfigError
 from khan.inventory.from_file import InventoryError
 from khan.inventory.source import InventoryProvider, choose_inventory
-from khan.logs import RateLimiter
+from khan.logs import LoopExceptionHandler, RateLimiter
 from khan.metrics.collector import KhanCollector
+from khan.metrics.exposition import Exposition, render
 from khan.metrics.labels import address_text
 from khan.metrics.snapshot import Health, PollResult
 from khan.metrics.watch_collector import WatchCollector
 from khan.poll import poll
 from khan.protection import Protection, ProtectionError, protection_for
+from khan.server import RunningServer, ServerLimits, connection_cap, raise_file_limit, start_server
 from khan.settings import Settings
 from khan.shutdown import ExitDeadline
 from khan.web import Endpoints, make_app
@@ -61,11 +63,18 @@ class Agent:
         self.events: EventReader | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(KhanCollector(lambda: self.health, self._event_stats, settings.interval_seconds))
-        watch_stats = self.inventory.watch_stats()
-        if watch_stats is not None:  # the API inventory reports on its watches
-            self.registry.register(WatchCollector(watch_stats, self.inventory.deleted_pods))
         for extra in (ProcessCollector, PlatformCollector, GCCollector):
             extra(registry=self.registry)
+        # The watches' statistics change on the event loop: collected there (a few families), not in the
+        # rendering thread.
+        self.loop_registry = CollectorRegistry(auto_describe=False)
+        watch_stats = self.inventory.watch_stats()
+        if watch_stats is not None:  # the API inventory reports on its watches
+            self.loop_registry.register(WatchCollector(watch_stats, self.inventory.deleted_pods))
+        # /metrics serves this: rendered after every poll in its own thread (never the poll's, never the loop).
+        self.exposition: Exposition | None = None
+        self._served = self.health  # the health that exposition shows: ready once it holds a successful poll
+        self._renderer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="khan-render")
         self._warnings = RateLimiter(period=60.0)
         self._resync: asyncio.Event | None = None
         self._accounting: bool | None = None
@@ -135,14 +144,33 @@ class Agent:
             return []
         return [flow_record(heavy, last.finished_at) for heavy in last.counters.heaviest[:limit]]
 
-    def render_metrics(self) -> bytes:
-        return generate_latest(self.registry)
+    def current_exposition(self) -> Exposition:
+        assert self.exposition is not None, "rendered before the server starts"
+        return self.exposition
+
+    async def render_metrics(self) -> None:
+        """The exposition of the state now, off the event loop; a failure keeps the previous one."""
+        health = self.health
+        try:
+            started = time.perf_counter()
+            collected_here = list(self.loop_registry.collect())
+            loop = asyncio.get_running_loop()
+            self.exposition = await loop.run_in_executor(self._renderer, render, self.registry, collected_here)
+            self._served = health
+            log.debug(
+                "exposition_rendered",
+                seconds=round(time.perf_counter() - started, 3),
+                text_bytes=len(self.exposition.text.body),
+                gzip_bytes=len(self.exposition.text.gzipped),
+            )
+        except Exception as exc:  # a bug must not stop the polls: the last rendering stays served
+            self._warn("exposition_render_failed", error=repr(exc))
 
     def not_ready_reason(self) -> str | None:
         # Generic on purpose: /readyz is open to anyone; the details are in the log and in /metrics.
         if self.inventory.not_ready_reason() is not None:
             return "inventory not synced"
-        return None if self.health.last is not None else "no successful poll yet"
+        return None if self._served.last is not None else "no successful poll yet"
 
     async def run(self, on_stopping: Callable[[], None] = lambda: None) -> None:
         """Serve and poll until SIGTERM or SIGINT (or the poller ends); `on_stopping` is called when stopping begins."""
@@ -150,15 +178,20 @@ class Agent:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        endpoints = Endpoints(self.render_metrics, self.not_ready_reason, self.transactions_json, self.flows_json)
-        runner = web.AppRunner(make_app(endpoints, self.protection.middlewares), access_log=None)
-        await runner.setup()
+        loop.set_exception_handler(LoopExceptionHandler())
+        await self.render_metrics()  # before the first poll: the health metrics there are
+        endpoints = Endpoints(self.current_exposition, self.not_ready_reason, self.transactions_json, self.flows_json)
+        limits = ServerLimits(
+            max_connections=connection_cap(self.settings.web_max_connections, raise_file_limit()),
+            header_timeout_seconds=self.settings.web_header_timeout_seconds,
+        )
+        app = make_app(endpoints, self.settings.web_max_requests, self.protection.middlewares)
         host = self.settings.listen_host or None
         port, ssl_context = self.settings.listen_port, self.protection.ssl_context
         try:
-            await web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context).start()
+            server: RunningServer = await start_server(app, limits, host, port, ssl_context)
         except OSError as exc:
-            await runner.cleanup()
+            self._renderer.shutdown(wait=False)
             await self.protection.close()
             await self.inventory.close()
             self._stop_events()
@@ -175,6 +208,8 @@ class Agent:
             aggregate=self.settings.labels.aggregate,
             max_series=self.settings.max_series,
             scheme=self.protection.scheme,
+            web_max_requests=self.settings.web_max_requests,
+            web_max_connections=limits.max_connections,
         )
         watcher = asyncio.create_task(self.inventory.run(stop), name="inventory")
         poller = asyncio.create_task(self._poll_forever(stop), name="poller")
@@ -196,7 +231,8 @@ class Agent:
                 log.warning("inventory_abandoned_at_shutdown")
             except Exception as exc:  # shutting down anyway: say it, do not mask the poller's outcome
                 log.warning("inventory_failed_at_shutdown", error=repr(exc))
-            await runner.cleanup()
+            await server.close()
+            self._renderer.shutdown(wait=False)
             await self.protection.close()
             self._stop_events()
             log.info("agent_stopped")
@@ -209,7 +245,9 @@ class Agent:
         interval = self.settings.interval_seconds
         synced = asyncio.create_task(self.inventory.wait_synced())
         stopping = asyncio.create_task(stop.wait())
-        await asyncio.wait({synced, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        while not (synced.done() or stopping.done()):
+            await asyncio.wait({synced, stopping}, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+            await self.render_metrics()  # no poll yet: the watches' errors and progress are still served fresh
         synced.cancel()
         stopping.cancel()
         resync = self._resync or asyncio.Event()
@@ -217,6 +255,7 @@ class Agent:
             started = time.monotonic()
             resync.clear()  # this poll's dump resynchronises whatever was lost before it
             await self._poll_once()
+            await self.render_metrics()
             delay = max(0.0, interval - (time.monotonic() - started))
             woken = asyncio.create_task(_first_of(stop, resync))
             with contextlib.suppress(TimeoutError):

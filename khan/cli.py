@@ -178,6 +178,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve HTTPS with a certificate made in memory at start, for scrapers that skip verification "
         "[KHAN_TLS_SELF_SIGNED]",
     )
+    agent.add_argument(
+        "--web-max-requests",
+        default=env("web-max-requests", "40"),
+        metavar="N",
+        help="answers in flight beyond which a request gets 503 at once; /healthz and /readyz are not counted "
+        "[KHAN_WEB_MAX_REQUESTS, default 40]",
+    )
+    agent.add_argument(
+        "--web-max-connections",
+        default=env("web-max-connections", "256"),
+        metavar="N",
+        help="open HTTP connections; at the cap a new one closes the longest idle (lowered to fit the file "
+        "limit) [KHAN_WEB_MAX_CONNECTIONS, default 256]",
+    )
+    agent.add_argument(
+        "--web-header-timeout",
+        default=env("web-header-timeout", "5"),
+        metavar="SECONDS",
+        help="a connection that sends no complete request headers this long after opening or after its last "
+        "answer is closed [KHAN_WEB_HEADER_TIMEOUT, default 5]",
+    )
 
     snapshot = commands.add_parser("snapshot", help="one poll, printed as Prometheus text exposition")
     common(snapshot)
@@ -211,6 +232,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if not (str(raw_max).isascii() and str(raw_max).isdigit()) or int(raw_max) < MIN_SERIES:
         raise UsageError(f"--max-series must be a whole number of at least {MIN_SERIES}, got {raw_max!r}")
     watch_timeout = _seconds(args, "watch_timeout", 300.0, minimum=1.0)
+    max_requests = _count(args, "web_max_requests", 40, minimum=1)
+    max_connections = _count(args, "web_max_connections", 256, minimum=8)
+    header_timeout = _seconds(args, "web_header_timeout", 5.0, minimum=0.1)
     return Settings(
         inventory=getattr(args, "inventory", None),
         kubeconfig=getattr(args, "kubeconfig", None),
@@ -232,6 +256,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         web_config_file=getattr(args, "web_config_file", None),
         auth=getattr(args, "auth", "none"),
         tls_self_signed=getattr(args, "tls_self_signed", False),
+        web_max_requests=max_requests,
+        web_max_connections=max_connections,
+        web_header_timeout_seconds=header_timeout,
     )
 
 
@@ -245,6 +272,14 @@ def _seconds(args: argparse.Namespace, name: str, default: float, minimum: float
     if not seconds >= minimum:
         raise UsageError(f"{flag} must be at least {minimum:g} seconds")
     return seconds
+
+
+def _count(args: argparse.Namespace, name: str, default: int, minimum: int) -> int:
+    raw = str(getattr(args, name, default))
+    flag = "--" + name.replace("_", "-")
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 9) or int(raw) < minimum:
+        raise UsageError(f"{flag} must be a whole number of at least {minimum}, got {raw[:20]!r}")
+    return int(raw)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -60,3 +60,11 @@ class Settings:
     auth: AuthMode = "none"
     # TLS with an in-memory certificate made at start, for scrapers that skip verification (deploy/'s default).
     tls_self_signed: bool = False
+    # Answers in flight beyond which a request gets 503 at once (node_exporter's --web.max-requests default);
+    # /healthz and /readyz are never counted.
+    web_max_requests: int = 40
+    # Open HTTP connections; at the cap a new one closes the longest idle. Lowered at start where the file
+    # limit could not also hold the agent's own descriptors.
+    web_max_connections: int = 256
+    # A connection must send a request's headers within this long of opening or of its last answer (slowloris).
+    web_header_timeout_seconds: float = 5.0

@@ -3,15 +3,18 @@ Read-only: nothing served changes the agent's state (no counter is reset by a re
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from khan import __version__
+from khan.metrics.exposition import Exposition, choose
 
-METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+if TYPE_CHECKING:
+    from aiohttp.typedefs import Middleware
 
 LANDING_PAGE = f"""<!doctype html>
 <html><head><title>khan</title></head>
@@ -31,27 +34,58 @@ LANDING_PAGE = f"""<!doctype html>
 
 DEFAULT_FLOWS_LIMIT = 100
 MAX_FLOWS_LIMIT = 10_000  # the agent keeps this many of each poll's heaviest flows, and no more
+MAX_LIMIT_DIGITS = 6  # checked before int(): Python refuses to convert more than 4,300 digits
+# The kubelet's probes: cheap, never behind the cap on requests in flight.
+PROBES = frozenset({"/healthz", "/readyz"})
+# A scrape's body goes out in slices: a slow reader holds one slice of buffer, not the whole 7.5 MB (10,000
+# series, plain text).
+SEND_CHUNK_BYTES = 256 * 1024
+# A scraper still reading after this gives its slot back (7.5 MB in a minute is 125 kB/s; gzipped, 2.5 kB/s).
+SEND_TIMEOUT_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
 class Endpoints:
-    """What the routes read. `ready()` returns None when ready, else the reason it is not."""
+    """What the routes read. `ready()` returns None when ready, else the reason it is not. `exposition()` is
+    the last poll's rendering (bytes ready to send)."""
 
-    render_metrics: Callable[[], bytes]
+    exposition: Callable[[], Exposition]
     ready: Callable[[], str | None]
     transactions: Callable[[], list[dict[str, object]]]
     flows: Callable[[int], list[dict[str, object]]]
 
 
-def make_app(endpoints: Endpoints, middlewares: Sequence[Any] = ()) -> web.Application:
-    """`middlewares`: authentication (khan.protection), run before every route."""
-    render_metrics, ready = endpoints.render_metrics, endpoints.ready
+def make_app(endpoints: Endpoints, max_requests: int, middlewares: Sequence[Middleware] = ()) -> web.Application:
+    """The routes, behind a cap of `max_requests` answers in flight (503 beyond it; the probes bypass it).
+    `middlewares` (auth, say) run inside the cap."""
+    ready = endpoints.ready
 
     async def landing(_: web.Request) -> web.Response:
         return web.Response(text=LANDING_PAGE, content_type="text/html")
 
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(body=render_metrics(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+    async def metrics(request: web.Request) -> web.StreamResponse:
+        chosen = choose(
+            endpoints.exposition(),
+            request.headers.get(hdrs.ACCEPT, ""),
+            request.headers.get(hdrs.ACCEPT_ENCODING, ""),
+        )
+        response = web.StreamResponse(
+            headers={hdrs.CONTENT_TYPE: chosen.content_type, hdrs.VARY: "Accept, Accept-Encoding"}
+        )
+        if chosen.gzipped:
+            response.headers[hdrs.CONTENT_ENCODING] = "gzip"
+        response.content_length = len(chosen.body)
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT_SECONDS):
+                await response.prepare(request)
+                body = memoryview(chosen.body if request.method != hdrs.METH_HEAD else b"")  # HEAD: headers alone
+                for start in range(0, len(body), SEND_CHUNK_BYTES):
+                    await response.write(body[start : start + SEND_CHUNK_BYTES])
+                await response.write_eof()
+        except (TimeoutError, ConnectionError):  # too slow, or gone: the connection goes, nothing to log
+            if request.transport is not None:
+                request.transport.abort()
+        return response
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
@@ -67,13 +101,18 @@ def make_app(endpoints: Endpoints, middlewares: Sequence[Any] = ()) -> web.Appli
 
     async def flows(request: web.Request) -> web.Response:
         raw = request.query.get("limit", str(DEFAULT_FLOWS_LIMIT))
-        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_FLOWS_LIMIT:
+        shown = raw if len(raw) <= 20 else raw[:20] + "..."
+        if (
+            not (raw.isascii() and raw.isdigit() and len(raw) <= MAX_LIMIT_DIGITS)
+            or not 1 <= int(raw) <= MAX_FLOWS_LIMIT
+        ):
             return web.json_response(
-                {"error": f"limit must be a whole number from 1 to {MAX_FLOWS_LIMIT}, got {raw!r}"}, status=400
+                {"error": f"limit must be a whole number from 1 to {MAX_FLOWS_LIMIT}, got {shown!r}"}, status=400
             )
         return web.json_response(endpoints.flows(int(raw)))
 
-    app = web.Application(middlewares=list(middlewares))
+    app = web.Application(middlewares=[_in_flight_cap(max_requests), *middlewares])
+    app.on_response_prepare.append(_without_server_header)
     app.router.add_get("/", landing)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
@@ -81,3 +120,30 @@ def make_app(endpoints: Endpoints, middlewares: Sequence[Any] = ()) -> web.Appli
     app.router.add_get("/transactions", transactions)
     app.router.add_get("/flows", flows)
     return app
+
+
+def _in_flight_cap(max_requests: int) -> Middleware:
+    """node_exporter's --web.max-requests: beyond the cap a request gets 503 at once instead of queueing."""
+    in_flight = 0
+
+    @web.middleware
+    async def cap(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        nonlocal in_flight
+        if request.path in PROBES:
+            return await handler(request)
+        if in_flight >= max_requests:
+            return web.Response(status=503, text=f"too many requests in flight (at most {max_requests})\n")
+        in_flight += 1
+        try:
+            return await handler(request)
+        finally:
+            in_flight -= 1
+
+    return cap
+
+
+async def _without_server_header(_: web.Request, response: web.StreamResponse) -> None:
+    """aiohttp names itself and Python's version; an exporter need not tell a scanner either."""
+    response.headers.popall(hdrs.SERVER, None)

@@ -1,0 +1,264 @@
+"""The HTTP server's limits, in one place: a cap on open connections, a deadline for each request's headers,
+and the file descriptors they may use. Routes live in khan.web; this module only builds the listening server.
+
+A connection must send complete request headers within `header_timeout` of opening or of its previous
+response, or it is closed: slowloris clients and idle keep-alive connections both go. At the connection cap a
+new connection evicts the longest-idle one (one not being answered), so idle sockets can never lock out the
+kubelet's probe; only when every connection is busy is the new one refused. The cap leaves room below the
+soft file limit for the backlog of accepted sockets and for the agent's own descriptors (netlink, /proc, the
+API), so a flood of connections cannot make a poll fail with EMFILE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiohttp import hdrs, web
+from aiohttp.web_request import BaseRequest
+
+from khan.logs import RateLimiter
+
+log = structlog.get_logger("khan.server")
+
+BACKLOG = 128  # asyncio accepts up to this many sockets in one go, before the cap sees any of them
+# The kernel's queue of connections not yet accepted, longer than the batch: a burst of connections (a flood of
+# idle sockets) then waits there for the cap to sort it out, instead of having SYNs dropped; dropped SYNs would
+# include the kubelet's, retried only after 1 s, its whole timeout. Capped by net.core.somaxconn.
+KERNEL_BACKLOG = 4096
+RESERVED_DESCRIPTORS = 128  # the agent's own: netlink sockets, /proc and inventory files, API connections
+MIN_CONNECTIONS = 8
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    max_connections: int
+    header_timeout_seconds: float
+    max_line_size: int = 8190  # aiohttp's defaults, named: a longer request line or header field gets a 400
+    max_field_size: int = 8190
+
+
+def raise_file_limit() -> int:
+    """Soft RLIMIT_NOFILE up to the hard limit, said once; returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20  # the kernel's default nr_open
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        log.info("file_limit", soft=soft, hard=hard, raised=False)
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (OSError, ValueError) as exc:
+        log.warning("file_limit_not_raised", soft=soft, hard=hard, error=str(exc))
+        return soft
+    log.info("file_limit", soft=target, hard=hard, raised_from=soft)
+    return target
+
+
+def connection_cap(wanted: int, soft_file_limit: int) -> int:
+    """`wanted`, or less where the file limit could not hold it next to the backlog and the agent's own."""
+    room = soft_file_limit - BACKLOG - RESERVED_DESCRIPTORS
+    cap = max(MIN_CONNECTIONS, min(wanted, room))
+    if cap < wanted:
+        log.warning("connection_cap_lowered", wanted=wanted, cap=cap, soft_file_limit=soft_file_limit)
+    return cap
+
+
+class _Connection:
+    __slots__ = ("busy", "idle_since", "timer", "transport")
+
+    def __init__(self, transport: asyncio.Transport, now: float) -> None:
+        self.transport = transport
+        self.idle_since = now
+        self.busy = 0
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class ConnectionGuard:
+    """Counts open connections, knows which are being answered, closes the idle and the slow."""
+
+    def __init__(self, limits: ServerLimits, loop: asyncio.AbstractEventLoop) -> None:
+        self._limits = limits
+        self._loop = loop
+        self._open: dict[asyncio.BaseProtocol, _Connection] = {}
+        self._warnings = RateLimiter(period=60.0)
+
+    def protocol_factory(self, make_handler: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
+        def build() -> asyncio.Protocol:
+            return _Tracked(make_handler(), self)
+
+        return build
+
+    def opened(self, handler: asyncio.BaseProtocol, transport: asyncio.Transport) -> None:
+        if len(self._open) >= self._limits.max_connections and not self._evict_one():
+            self._warn("http_connection_refused", reason="every connection is being answered")
+            transport.abort()
+            return
+        connection = _Connection(transport, self._loop.time())
+        self._open[handler] = connection
+        self._schedule(connection, connection.idle_since + self._limits.header_timeout_seconds)
+
+    def closed(self, handler: asyncio.BaseProtocol) -> None:
+        connection = self._open.pop(handler, None)
+        if connection is not None and connection.timer is not None:
+            connection.timer.cancel()
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Outermost: marks the connection busy from complete headers until the answer is handed over."""
+        connection = self._open.get(request.protocol)
+        if connection is None:
+            return await handler(request)
+        connection.busy += 1
+        try:
+            return await handler(request)
+        finally:
+            connection.busy -= 1
+            connection.idle_since = self._loop.time()
+
+    def _evict_one(self) -> bool:
+        idle = [(c.idle_since, h) for h, c in self._open.items() if c.busy == 0]
+        if not idle:
+            return False
+        _, handler = min(idle, key=lambda pair: pair[0])
+        connection = self._open.pop(handler)
+        if connection.timer is not None:
+            connection.timer.cancel()
+        connection.transport.abort()
+        self._warn("http_connections_at_cap", cap=self._limits.max_connections, action="closed the longest idle")
+        return True
+
+    def _schedule(self, connection: _Connection, when: float) -> None:
+        connection.timer = self._loop.call_at(when, self._check, connection)
+
+    def _check(self, connection: _Connection) -> None:
+        deadline = connection.idle_since + self._limits.header_timeout_seconds
+        if connection.busy:
+            deadline = self._loop.time() + self._limits.header_timeout_seconds
+        elif self._loop.time() >= deadline:
+            connection.timer = None
+            connection.transport.abort()  # no half-close dance with a client that sends nothing
+            return
+        self._schedule(connection, deadline)
+
+    def _warn(self, event: str, **context: object) -> None:
+        allowed, held = self._warnings.allow(event)
+        if allowed:
+            log.warning(event, suppressed_since_last=held, **context)
+
+
+class _Tracked(asyncio.Protocol):
+    """aiohttp's RequestHandler, with the guard told when its connection opens and closes."""
+
+    def __init__(self, inner: asyncio.Protocol, guard: ConnectionGuard) -> None:
+        self._inner = inner
+        self._guard = guard
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._inner.connection_made(transport)
+        self._guard.opened(self._inner, transport)  # type: ignore[arg-type]  # a stream transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._guard.closed(self._inner)
+        self._inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
+class _BareResponse(web.Response):
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        self.headers.popall(hdrs.SERVER, None)
+
+
+class _RequestHandler(web.RequestHandler):
+    """aiohttp's, except that its own error answers (a 400 to bytes that are not HTTP, an oversized header) go
+    out without the Server header naming aiohttp and Python's versions; the app's answers lose it in khan.web."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
+        answer = super().handle_error(request, status, exc, message)
+        if not isinstance(answer, web.Response):
+            return answer
+        bare = _BareResponse(status=answer.status, body=answer.body, content_type=answer.content_type)
+        bare.force_close()
+        return bare
+
+
+@dataclass
+class RunningServer:
+    runner: web.AppRunner
+    server: asyncio.Server
+
+    async def close(self) -> None:
+        self.server.close()
+        await self.runner.cleanup()
+
+
+async def start_server(
+    app: web.Application,
+    limits: ServerLimits,
+    host: str | None,
+    port: int,
+    ssl_context: ssl.SSLContext | None = None,
+) -> RunningServer:
+    """Listen with the limits. A TLS context, when given, wraps every connection; middlewares (auth, say) are
+    the app's own and run inside the guard's. Raises OSError when the address cannot be bound."""
+    loop = asyncio.get_running_loop()
+    guard = ConnectionGuard(limits, loop)
+    app.middlewares.insert(0, guard.middleware)
+    handler_options: dict[str, Any] = {
+        "access_log": None,
+        "keepalive_timeout": limits.header_timeout_seconds,
+        "max_line_size": limits.max_line_size,
+        "max_field_size": limits.max_field_size,
+    }
+    runner = web.AppRunner(app, **handler_options)
+    await runner.setup()
+    manager = runner.server
+    assert manager is not None  # set by setup()
+
+    def make_handler() -> asyncio.Protocol:
+        return _RequestHandler(manager, loop=loop, **handler_options)
+
+    try:
+        server = await loop.create_server(
+            guard.protocol_factory(make_handler),
+            host,
+            port,
+            ssl=ssl_context,
+            # The guard first hears of a TLS connection once its handshake is done: one that never finishes it
+            # is cut off by the same deadline as one that never sends its headers.
+            ssl_handshake_timeout=limits.header_timeout_seconds if ssl_context is not None else None,
+            backlog=BACKLOG,
+            reuse_address=True,
+        )
+    except OSError:
+        await runner.cleanup()
+        raise
+    for listening in server.sockets:
+        # asyncio listens with the batch size; a duplicate descriptor of the same socket sets the kernel's queue.
+        with socket.socket(fileno=os.dup(listening.fileno())) as same:
+            same.listen(KERNEL_BACKLOG)
+    return RunningServer(runner, server)
