@@ -179,7 +179,7 @@ API_ERRORS = MetricSpec(
     "khan_kube_api_errors_total",
     "counter",
     "Failed Kubernetes API requests, by resource, verb (list, watch) and code (HTTP status, connection, timeout, "
-    "invalid).",
+    "invalid, internal).",
     ("resource", "verb", "code"),
 )
 LAST_EVENT_AGE = MetricSpec(
