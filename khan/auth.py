@@ -14,7 +14,9 @@ import base64
 import binascii
 import enum
 import hashlib
-from collections.abc import Awaitable, Callable, Mapping
+import re
+import secrets
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import structlog
@@ -34,8 +36,8 @@ DENIED_TTL_SECONDS = 10.0  # a fresh binding starts working within this long
 REVIEW_TIMEOUT_SECONDS = 5.0
 BCRYPT_AT_ONCE = 2  # bcrypt checks run in threads; more at once would only take CPU from the polls
 REVIEWS_AT_ONCE = 8  # garbage tokens cannot turn into a flood of requests to the API server
-# Hashed in place of a missing user's, so that an unknown user takes as long as a wrong password.
-UNKNOWN_USER_HASH = b"$2b$10$QOauhQNbBCuQDKes6eFzPeMqBSjb7Mr5DUmpZ/VcEd00UAV/LDeSi"
+BCRYPT_COST = re.compile(rb"\$2[aby]\$(\d\d)\$")
+MIN_BCRYPT_COST, MAX_BCRYPT_COST = 4, 31  # what bcrypt accepts
 # HTTP methods -> the verbs kube-rbac-proxy asks about; every khan route is GET or HEAD.
 VERBS = {"GET": "get", "HEAD": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
@@ -52,6 +54,8 @@ class BasicAuth:
 
     def __init__(self, users: Mapping[str, bytes]) -> None:
         self._users = dict(users)
+        # Checked in place of a missing user's hash, so that an unknown user takes as long as a wrong password.
+        self._unknown_user_hash = unknown_user_hash(self._users.values())
         self._verified: TTLCache[bytes, bool] = TTLCache(maxsize=CACHE_ENTRIES, ttl=BASIC_TTL_SECONDS)
         self._slots = asyncio.Semaphore(BCRYPT_AT_ONCE)
 
@@ -68,11 +72,21 @@ class BasicAuth:
             return True
         hashed = self._users.get(user)
         async with self._slots:
-            matches = await asyncio.to_thread(_bcrypt_matches, password.encode(), hashed or UNKNOWN_USER_HASH)
+            matches = await asyncio.to_thread(_bcrypt_matches, password.encode(), hashed or self._unknown_user_hash)
         if matches and hashed is not None:
             self._verified[key] = True
             return True
         return False
+
+
+def unknown_user_hash(hashes: Iterable[bytes]) -> bytes:
+    """A hash of a random password at the highest cost among the users' hashes (`$2b$12$...` costs 2^12): a fixed
+    cost would tell apart the users whose cost differs from it."""
+    import bcrypt
+
+    costs = [int(found.group(1)) for hashed in hashes if (found := BCRYPT_COST.match(hashed))]
+    cost = min(max([*costs, MIN_BCRYPT_COST]), MAX_BCRYPT_COST)
+    return bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(rounds=cost))
 
 
 def _bcrypt_matches(password: bytes, hashed: bytes) -> bool:
