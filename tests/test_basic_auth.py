@@ -9,7 +9,7 @@ import time
 
 import bcrypt
 
-from khan.auth import BasicAuth, unknown_user_hash
+from khan.auth import BasicAuth, Decision, unknown_user_hash
 
 
 def credentials(user: str, password: str) -> str:
@@ -35,7 +35,7 @@ def test_an_unknown_user_takes_as_long_as_a_wrong_password() -> None:
         times = []
         for attempt in range(3):
             started = time.monotonic()
-            assert not await auth.check(credentials(user, f"wrong {attempt}"))
+            assert await auth.check(credentials(user, f"wrong {attempt}")) is Decision.UNAUTHENTICATED
             times.append(time.monotonic() - started)
         return min(times)
 
@@ -45,3 +45,24 @@ def test_an_unknown_user_takes_as_long_as_a_wrong_password() -> None:
     known, unknown = asyncio.run(measure())
     print(f"wrong password {known * 1000:.0f} ms, unknown user {unknown * 1000:.0f} ms")
     assert 0.6 < unknown / known < 1.6
+
+
+def test_unknown_credentials_never_queue_and_a_known_password_never_waits() -> None:
+    """Both bcrypt slots taken by wrong passwords: a third unknown credential is BUSY at once, a right password
+    checked before is ALLOWED at once, and a wrong password repeated is refused without bcrypt."""
+    auth = BasicAuth({"prometheus": hashed("right", 12)})
+
+    async def scenario() -> None:
+        assert await auth.check(credentials("prometheus", "right")) is Decision.ALLOWED
+        assert await auth.check(credentials("prometheus", "wrong")) is Decision.UNAUTHENTICATED
+        slow = [asyncio.create_task(auth.check(credentials("x", f"guess {n}"))) for n in range(2)]
+        await asyncio.sleep(0.01)
+        started = time.monotonic()
+        assert await auth.check(credentials("y", "another guess")) is Decision.BUSY
+        assert await auth.check(credentials("prometheus", "right")) is Decision.ALLOWED
+        assert await auth.check(credentials("prometheus", "wrong")) is Decision.UNAUTHENTICATED  # remembered
+        assert time.monotonic() - started < 0.02
+        assert [await task for task in slow] == [Decision.UNAUTHENTICATED] * 2
+        assert await auth.check(credentials("y", "another guess")) is Decision.UNAUTHENTICATED  # a slot again
+
+    asyncio.run(scenario())
