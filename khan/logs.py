@@ -6,6 +6,8 @@ import errno
 import logging
 import sys
 import time
+from collections import OrderedDict
+from collections.abc import Hashable
 from typing import Any
 
 import structlog
@@ -47,7 +49,7 @@ class StructlogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            allowed, held = self._limiter.allow(f"{record.name}:{record.msg}")
+            allowed, held = self._limiter.allow(record_kind(record))
             if not allowed:
                 return
             context: dict[str, object] = {"logger": record.name, "message": one_line(record.getMessage())}
@@ -60,6 +62,14 @@ class StructlogHandler(logging.Handler):
             getattr(logger, level)(record.name.replace(".", "_"), **context)
         except Exception:  # a log line must never take the server down
             self.handleError(record)
+
+
+def record_kind(record: logging.LogRecord) -> tuple[str, str, str]:
+    """What the rate limit counts as "the same line": logger, message format and exception type. aiohttp logs
+    a garbage request and a handler's crash with the same message; one must not hide the other."""
+    exc_type = record.exc_info[0] if record.exc_info else None
+    kind = f"{exc_type.__module__}.{exc_type.__qualname__}" if exc_type is not None else ""
+    return record.name, str(record.msg), kind
 
 
 def route_stdlib_logging(level: str) -> None:
@@ -106,28 +116,28 @@ class LoopExceptionHandler:
 
 
 class RateLimiter:
-    """Lets an event through at most once per `period` seconds per key; counts what it held back."""
+    """Lets an event through at most once per `period` seconds per key; counts what it held back. At most
+    `max_keys` keys are remembered (the least recently seen is forgotten first): many distinct keys cost a few
+    more lines, never unbounded memory."""
 
-    MAX_KEYS = 256  # keys come from code, not clients; still, a bound
+    MAX_KEYS = 1024
 
-    def __init__(self, period: float = 60.0) -> None:
+    def __init__(self, period: float = 60.0, max_keys: int = MAX_KEYS) -> None:
         self.period = period
-        self._last: dict[str, float] = {}
-        self._held: dict[str, int] = {}
+        self.max_keys = max_keys
+        self._keys: OrderedDict[Hashable, tuple[float, int]] = OrderedDict()  # key -> (last logged, held since)
 
-    def allow(self, key: str) -> tuple[bool, int]:
+    def allow(self, key: Hashable) -> tuple[bool, int]:
         """(whether to log now, how many were held back since the last one logged)."""
         now = time.monotonic()
-        if key not in self._last and len(self._last) >= self.MAX_KEYS:
-            self._forget_older_than(now - self.period)
-        last = self._last.get(key)
+        last, held = self._keys.pop(key, (None, 0))
         if last is not None and now - last < self.period:
-            self._held[key] = self._held.get(key, 0) + 1
+            self._keys[key] = (last, held + 1)
             return False, 0
-        self._last[key] = now
-        return True, self._held.pop(key, 0)
+        self._keys[key] = (now, 0)
+        while len(self._keys) > self.max_keys:
+            self._keys.popitem(last=False)
+        return True, held
 
-    def _forget_older_than(self, moment: float) -> None:
-        for stale in [key for key, last in self._last.items() if last < moment]:
-            del self._last[stale]
-            self._held.pop(stale, None)
+    def __len__(self) -> int:
+        return len(self._keys)

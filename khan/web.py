@@ -57,7 +57,7 @@ class Endpoints:
 
 def make_app(endpoints: Endpoints, max_requests: int, middlewares: Sequence[Middleware] = ()) -> web.Application:
     """The routes, behind a cap of `max_requests` answers in flight (503 beyond it; the probes bypass it).
-    `middlewares` (auth, say) run inside the cap."""
+    `middlewares` (auth, say) run before the cap: credentials being checked hold no scrape's slot."""
     ready = endpoints.ready
 
     async def landing(_: web.Request) -> web.Response:
@@ -111,7 +111,7 @@ def make_app(endpoints: Endpoints, max_requests: int, middlewares: Sequence[Midd
             )
         return web.json_response(endpoints.flows(int(raw)))
 
-    app = web.Application(middlewares=[_in_flight_cap(max_requests), *middlewares])
+    app = web.Application(middlewares=[*middlewares, _in_flight_cap(max_requests)])
     app.on_response_prepare.append(_without_server_header)
     app.router.add_get("/", landing)
     app.router.add_get("/metrics", metrics)

@@ -108,6 +108,33 @@ def test_the_pod_monitor_scrapes_https_with_the_scraper_token() -> None:
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": scraper, "namespace": "khan"}]
 
 
+def plain_prometheus_recipe() -> list[dict[str, Any]]:
+    """The scrape job deploy/README.md gives for plain Prometheus (its one YAML block after the heading)."""
+    text = (DEPLOY / "README.md").read_text()
+    block = text[text.index("**Plain Prometheus:**") :].split("```yaml\n", 1)[1].split("```", 1)[0]
+    jobs: list[dict[str, Any]] = yaml.safe_load(block)
+    return jobs
+
+
+def test_the_plain_prometheus_recipe_sends_its_token_only_to_the_khan_namespace(tmp_path: Path) -> None:
+    """It sends Prometheus's own token without verifying the server: a pod labelled like khan's in any other
+    namespace must not be scraped, or whoever may create one collects the token."""
+    (job,) = plain_prometheus_recipe()
+    (discovery,) = job["kubernetes_sd_configs"]
+    assert discovery["role"] == "pod"
+    assert discovery["namespaces"] == {"names": [daemonset()["metadata"]["namespace"]]}
+    assert job["tls_config"] == {"insecure_skip_verify": True}  # why the namespace matters
+    # Debian's Prometheus is built without Kubernetes discovery: promtool checks the rest of the job.
+    checkable = {key: value for key, value in job.items() if key != "kubernetes_sd_configs"}
+    checkable["static_configs"] = [{"targets": ["127.0.0.1:9986"]}]
+    (tmp_path / "token").write_text("a token")  # promtool wants the file to exist; this is no pod
+    checkable["authorization"] = {**job["authorization"], "credentials_file": str(tmp_path / "token")}
+    config = tmp_path / "prometheus.yml"
+    config.write_text(yaml.safe_dump({"scrape_configs": [checkable]}))
+    checked = subprocess.run(["promtool", "check", "config", str(config)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
 def test_the_prometheus_rule_carries_the_rule_file() -> None:
     def normalised(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for group in groups:

@@ -20,6 +20,7 @@ import yaml
 
 from khan.conntrack.namespace import entered
 from khan.lab import private_prefix
+from tests.auth_flood import flooding, scrape_and_probe
 from tests.kube_cluster import DEPLOY, KHAN_USER, Cluster, running_cluster, stop_process
 from tests.protected_agent import Agent, private_netns, running_agent
 
@@ -178,3 +179,55 @@ def scrape_health(netns: str) -> dict[str, tuple[str, str]]:
         code = "403" if "403" in error else ("" if not error else "other")
         found[target["labels"]["job"]] = (target["health"], code)
     return found
+
+
+def fresh_scraper_token(cluster: Cluster) -> dict[str, str]:
+    """A new token of the bound scraper account (TokenRequest): never reviewed, so no earlier test cached it."""
+    body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}}
+    answer = cluster.request("POST", "/api/v1/namespaces/khan/serviceaccounts/khan-scraper/token", body)
+    return {"Authorization": f"Bearer {answer['status']['token']}"}
+
+
+def token_reviews(cluster: Cluster) -> float:
+    """TokenReviews the API server has answered, from its own metrics."""
+    lines = str(cluster.request("GET", "/metrics")).splitlines()
+    counted = [line for line in lines if line.startswith("apiserver_request_total{") and "tokenreviews" in line]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in counted)
+
+
+def test_a_flood_of_junk_tokens_does_not_starve_a_known_scraper(world: World) -> None:
+    """60 clients with junk bearer tokens. With the API server up, each junk token is reviewed once and then
+    refused from the cache for 10 s. With the API server hung, every request carrying a new junk token would
+    wait 5 s for a review: 8 wait, the rest are refused at once (503), outside the cap on scrapes in flight. The
+    scraper whose token is cached gets every scrape either way, and the probes stay fast. (Before, against a slow
+    API server, the waiting reviews held every one of the 40 slots and the scrapes got 503.)"""
+    cluster, agent, _, _ = world
+    good = fresh_scraper_token(cluster)
+    assert agent.status("/metrics", headers=good) == 200  # now cached for 60 s: this test takes about 20
+    before = token_reviews(cluster)
+    with flooding(agent, lambda client, _: {"Authorization": f"Bearer junk-{client}"}) as flood:
+        scrapes = scrape_and_probe(agent, good)
+    reviews = token_reviews(cluster) - before
+    print(
+        f"junk-token flood, API up: {dict(flood.answers)}, {reviews:.0f} TokenReviews; scraper "
+        f"{scrapes.statuses.count(200)}/{len(scrapes.statuses)} got 200, slowest /healthz {scrapes.slowest_probe:.3f} s"
+    )
+    assert scrapes.statuses == [200] * len(scrapes.statuses)
+    assert scrapes.slowest_probe < 1.0
+    assert set(flood.answers) <= {401, 503}
+    assert reviews <= 60 + 5  # each junk token once (the flood lasts less than the 10 s it is remembered)
+    cluster.pause_apiserver()
+    try:
+        with flooding(agent, lambda client, sent: {"Authorization": f"Bearer junk-{client}-{sent}"}) as flood:
+            scrapes = scrape_and_probe(agent, good)
+    finally:
+        cluster.resume_apiserver()
+    print(
+        f"junk-token flood, API hung: {dict(flood.answers)}; scraper {scrapes.statuses.count(200)}/"
+        f"{len(scrapes.statuses)} got 200, slowest /healthz {scrapes.slowest_probe:.3f} s"
+    )
+    assert scrapes.statuses == [200] * len(scrapes.statuses)
+    assert scrapes.slowest_probe < 1.0
+    assert set(flood.answers) == {503}  # nothing let through, nothing queued for long
+    assert flood.busy_headers["retry-after"] == ["1"]
+    assert agent.process.poll() is None

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from khan.auth import Decision, KubernetesAuth
+from khan.auth import REVIEWS_AT_ONCE, Decision, KubernetesAuth
 from khan.web_config import WebConfigError, load_web_config, parse_web_config
 
 HASH = "$2b$10$" + "a" * 53
@@ -93,5 +93,39 @@ def test_answers_are_remembered_but_an_outage_is_not() -> None:
         assert await auth.check("other", "get", "/metrics") is Decision.UNAVAILABLE
         api.down = False
         assert await auth.check("other", "get", "/metrics") is Decision.UNAUTHENTICATED
+
+    asyncio.run(scenario())
+
+
+class HungApi(CountingApi):
+    """Answers only when `answer` is set: a hung API server."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer = asyncio.Event()
+
+    async def review(self, kind: str, spec: Mapping[str, Any], timeout: float) -> Mapping[str, Any]:
+        await self.answer.wait()
+        return await super().review(kind, spec, timeout)
+
+
+def test_unknown_tokens_never_queue_and_cannot_lock_out_a_known_one() -> None:
+    async def scenario() -> None:
+        api = HungApi()
+        auth = KubernetesAuth(api)
+        api.answer.set()
+        assert await auth.check("good", "get", "/metrics") is Decision.ALLOWED
+        api.answer.clear()
+        waiting = [asyncio.create_task(auth.check(f"junk {n}", "get", "/metrics")) for n in range(REVIEWS_AT_ONCE)]
+        await asyncio.sleep(0.01)
+        assert await auth.check("junk more", "get", "/metrics") is Decision.BUSY  # at once, not queued
+        assert await auth.check("good", "get", "/metrics") is Decision.ALLOWED  # cached
+        auth._allowed.clear()  # as 60 s later: "good" is reviewed again, in a slot no junk token can take
+        renewal = asyncio.create_task(auth.check("good", "get", "/metrics"))
+        await asyncio.sleep(0.01)
+        assert not renewal.done()
+        api.answer.set()
+        assert await renewal is Decision.ALLOWED
+        assert [await task for task in waiting] == [Decision.UNAUTHENTICATED] * REVIEWS_AT_ONCE
 
     asyncio.run(scenario())
