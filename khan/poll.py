@@ -57,7 +57,8 @@ def poll(
     counters = None
     if counting is not None:
         accounting = table.accounting if table is not None else None
-        counters = counting.update(names, connections, accounting, time.monotonic(), folded)
+        limit = table.limit if table is not None else None
+        counters = counting.update(names, connections, accounting, time.monotonic(), folded, limit)
     return PollResult(
         node=node,
         connections=PollResult.freeze(served),
