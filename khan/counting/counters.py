@@ -68,13 +68,16 @@ class Counting:
         if table_limit is not None:
             self.tracker.limit = table_limit
         deltas = self.tracker.take()
-        for labels, amount in attribute_pairs(deltas.opened, names).items():
+        # Each delta is let go once added: with every peer new, they are as many as the table's entries.
+        for labels, amount in attribute_pairs(deltas.opened, names):
             self.opened.add(labels, amount, now)
+        deltas.opened.clear()
         bytes_on = accounting is not False
         if bytes_on:
             for direction, amounts in (("sent", deltas.sent), ("received", deltas.received)):
-                for labels, amount in attribute_pairs(amounts, names).items():
+                for labels, amount in attribute_pairs(amounts, names):
                     self.flow_bytes.add((*labels, direction), amount, now)
+                amounts.clear()
         for labels, amount in attribute_transactions(deltas.transactions, names).items():
             self.transactions.add(labels, amount, now)
         for (_, service, _, endpoint, _), amount in deltas.transactions.items():

@@ -368,11 +368,14 @@ class ConnectionTracker:
             key = (flow.proto, flow.dst, flow.dport, flow.reply_src, flow.reply_sport)
             deltas.transactions[key] = deltas.transactions.get(key, 0) + 1
         if orig_bytes or reply_bytes:
-            self._add_bytes(flow, orig_bytes, reply_bytes)
+            self._add_pair_bytes(pair, orig_bytes, reply_bytes)
 
     def _add_bytes(self, flow: Flow, orig_bytes: int, reply_bytes: int) -> None:
+        self._add_pair_bytes((flow.proto, flow.src, flow.dst, flow.dport, flow.reply_src), orig_bytes, reply_bytes)
+
+    def _add_pair_bytes(self, pair: PairKey, orig_bytes: int, reply_bytes: int) -> None:
+        """One key tuple for a pair's opening and bytes: with every peer new, a poll holds one per entry."""
         deltas = self._deltas
-        pair = (flow.proto, flow.src, flow.dst, flow.dport, flow.reply_src)
         if orig_bytes:
             deltas.sent[pair] = deltas.sent.get(pair, 0) + orig_bytes
         if reply_bytes:
