@@ -49,6 +49,7 @@ bench: deps apiserver
 	$(BIN)/python benchmarks/snapshot_vs_conntrack.py
 	$(BIN)/python benchmarks/inventory_scale.py
 	$(BIN)/python benchmarks/churn.py
+	$(BIN)/python benchmarks/peer_churn_memory.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

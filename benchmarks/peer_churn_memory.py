@@ -5,9 +5,13 @@ A private namespace makes every address of 10.0.0.0/8 local, so one UDP socket c
 peers in about a second, each its own conntrack entry and its own label set. The real `khan agent` (empty
 inventory: every peer is `external`, its IP kept, the default) polls the namespace's table; after each poll this
 reads the agent's VmRSS and VmHWM (peak) from /proc, and its own self-metrics. Unreplied UDP entries live
-`--udp-timeout` seconds, so the table stays near `peers * udp_timeout / interval` entries. At the end the sums of
-khan_connections_opened_total and khan_flow_bytes_total over every series (overflow included) must equal what was
-sent: bounds fold, they never drop.
+`--udp-timeout` seconds (60: three rounds), so the table stays full (nf_conntrack_max) of distinct peers, each
+poll finding 100,000 of them new: the worst case for the tracker and for a poll's own working memory.
+
+At the end it compares the sums of khan_connections_opened_total and khan_flow_bytes_total over every series
+(overflow included) with what was sent: bounds fold, they never drop. On a full table the kernel itself evicts
+entries (early_drop) and drops events, so a few may go uncounted there; khan's loss metrics (printed) say how
+were lost. tests/test_memory_bounds.py checks exact totals on a table that is never full.
 
 Run as root: `python benchmarks/peer_churn_memory.py [--peers 100000] [--polls 15] [--interval 5]`.
 """
@@ -129,7 +133,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--polls", type=int, default=15, help="rounds of new peers (each followed by a poll)")
     parser.add_argument("--interval", type=float, default=5.0, help="the agent's --interval")
     parser.add_argument("--max-series", type=int, default=10_000, help="the agent's --max-series")
-    parser.add_argument("--udp-timeout", type=int, default=10, help="seconds an unreplied UDP entry stays")
+    parser.add_argument(
+        "--udp-timeout", type=int, default=60, help="seconds an unreplied UDP entry stays: 60 keeps the table full"
+    )
     return parser.parse_args(argv)
 
 
@@ -177,9 +183,11 @@ def main() -> None:
             )
             print(lost)
             print(f"issue 12's figures before the bounds: {ISSUE_FIGURES}")
-            half = len(rss) // 2
-            growth = max(rss[half:]) - max(rss[:half]) if half else 0.0
-            print(f"RSS growth from the first half of the run to the second: {growth:+.0f} MiB")
+            third = len(rss) // 3  # the first third fills the table; then only the churn goes on
+            if third:
+                middle, last = max(rss[third : 2 * third]), max(rss[2 * third :])
+                print(f"highest VmRSS, middle third of the rounds {middle:.0f} MiB, last third {last:.0f} MiB")
+            print(f"peak (VmHWM) {status_kib(process.pid, 'VmHWM') / 1024:.0f} MiB")
 
 
 if __name__ == "__main__":
