@@ -7,8 +7,9 @@ starts and never go down. Two things keep the family bounded:
   increments follow it, so the family's sum stays exact and no series ever decreases.
 
 Memory follows the limits, not the traffic (a scan brings a new label set per address):
-- at most `max_series` new label sets become series between two `maintain()` calls, and only while they could
-  stay (more than the smallest series kept at the last fold); the others go straight to their overflow series;
+- in a full family a new label set becomes a series only if it could stay (it is above the smallest series kept
+  at the last fold), and only up to `max_series` more between two `maintain()` calls; the others go straight to
+  their overflow series;
 - at most `remembered` folded label sets are remembered, the least recently moved forgotten first. One that
   comes back is new again: small, it folds at once; large, it starts a new series, as an expired one does. Its old
   value stays in the overflow series either way.
@@ -37,7 +38,6 @@ class CounterStore:
         self._active: dict[Labels, float] = {}  # every label set served or remembered: last sign of life
         self._folded_into: OrderedDict[Labels, Labels] = OrderedDict()  # least recently moved first
         self._floor = -1  # the smallest series kept at the last fold; -1: none yet, every new label set may stay
-        self._admitted = 0  # new series since the last maintain()
         self.expired = 0  # series dropped after their TTL, since start
         self.forgotten = 0  # folded label sets forgotten beyond `remembered`, since start
 
@@ -70,11 +70,10 @@ class CounterStore:
         active[target] = now
 
     def _admit(self, amount: int) -> bool:
-        """Whether a new label set becomes a series of its own (until the next fold decides)."""
-        if len(self._values) >= self.max_series and (amount <= self._floor or self._admitted >= self.max_series):
-            return False
-        self._admitted += 1
-        return True
+        """Whether a new label set becomes a series of its own (until the next fold decides): while there is room,
+        or up to `max_series` more if it is above the smallest series the last fold kept."""
+        size = len(self._values)
+        return size < self.max_series or (amount > self._floor and size < 2 * self.max_series)
 
     def touch(self, labels: Labels, now: float) -> None:
         """The pair is still in the table: keep its series (if it has one) alive."""
@@ -95,7 +94,6 @@ class CounterStore:
                 self.expired += 1
         if len(self._values) > self.max_series:
             self._fold()
-        self._admitted = 0
 
     def _fold(self) -> None:
         overflow_of = self.folding.overflow_of
