@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -143,6 +144,7 @@ def main() -> None:
     args = parse_args(sys.argv[1:])
     if os.geteuid() != 0:
         sys.exit("peer_churn_memory: run as root (network namespaces)")
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # clean up the namespace too
     netns = private_prefix("khanmem") + "t"
     with tempfile.TemporaryDirectory(prefix="khan-mem-") as tmp, table_namespace(netns):
         subprocess.run(["ip", "-n", netns, "route", "add", "local", "10.0.0.0/8", "dev", "lo"], check=True)

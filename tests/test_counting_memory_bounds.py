@@ -33,13 +33,13 @@ def test_a_scan_of_new_peers_holds_at_most_twice_max_series_with_exact_sums() ->
         served = store.snapshot()
         assert len(served) <= 50
         assert store.label_sets <= 2 * 50 + 1
-        assert store.folded <= 50
         assert sum(served.values()) == total
         for labels, value in previous.items():
             if labels in served:
                 assert served[labels] >= value
         previous = dict(served)
-    assert store.forgotten == 40 * 1000 - store.folded - (len(store) - 1)  # every peer: served, folded or forgotten
+    assert store.folded + len(store) - 1 == 40 * 1000  # every peer is served or folded, forgotten or not
+    assert store.forgotten >= store.folded - 50
 
 
 def test_a_remembered_folded_label_set_keeps_following_its_overflow_series() -> None:
@@ -60,13 +60,26 @@ def test_a_forgotten_label_set_that_comes_back_large_starts_a_new_series_and_sum
     for i in range(6):
         store.add(peer(i), 10 + i, now=0)
     store.maintain(now=0)  # peers 0-3 folded, only the last of them remembered
-    assert store.folded == 1
-    assert store.forgotten == 3
+    assert (store.folded, store.forgotten) == (4, 3)
     store.add(peer(0), 5_000, now=1)  # forgotten, and larger than any series kept: a series of its own again
     store.maintain(now=1)
     served = store.snapshot()
     assert served[peer(0)] == 5_000
     assert sum(served.values()) == sum(10 + i for i in range(6)) + 5_000
+
+
+def test_forgotten_label_sets_stop_counting_as_folded_once_their_ttl_has_run_out() -> None:
+    store = CounterStore(FOLDING, max_series=10, ttl_seconds=60)
+    for i in range(100):
+        store.add(peer(i), 1, now=0)
+    store.maintain(now=0)
+    assert store.folded == 100 - 9  # nine series and the overflow are served
+    store.add(peer(1_000), 1, now=50)  # no bigger than the smallest kept: folded at once, and remembered
+    store.maintain(now=50)
+    assert store.folded == 100 - 9 + 1
+    store.maintain(now=100)  # everything but the newcomer has been idle for longer than the TTL
+    assert store.folded == 1
+    assert store.label_sets == 2  # it and its overflow series
 
 
 def test_a_newcomer_to_a_full_family_folds_at_once_unless_it_could_stay() -> None:

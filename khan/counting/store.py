@@ -40,14 +40,19 @@ class CounterStore:
         self._floor = -1  # the smallest series kept at the last fold; -1: none yet, every new label set may stay
         self.expired = 0  # series dropped after their TTL, since start
         self.forgotten = 0  # folded label sets forgotten beyond `remembered`, since start
+        # Forgotten folded label sets by their last sign of life, until their TTL would have run out: still folded,
+        # as far as the served series go. One key a poll, so at most ttl / --interval of them.
+        self._forgotten_seen: dict[float, int] = {}
+        self._forgotten_folded = 0
 
     def __len__(self) -> int:
         return len(self._values)
 
     @property
     def folded(self) -> int:
-        """Label sets currently served through an overflow series."""
-        return len(self._folded_into)
+        """Label sets currently served through an overflow series: those remembered, and those forgotten within
+        the TTL (one that came back since and folded again counts twice until then)."""
+        return len(self._folded_into) + self._forgotten_folded
 
     @property
     def label_sets(self) -> int:
@@ -65,7 +70,7 @@ class CounterStore:
         else:  # a full family, and a newcomer that would be among the first to fold
             target = self.folding.overflow_of(labels)
             active[labels] = now
-            self._remember_folded(labels, target)
+            self._remember_folded(labels, target, now)
         values[target] = values.get(target, 0) + amount
         active[target] = now
 
@@ -93,9 +98,12 @@ class CounterStore:
             if self._values.pop(labels, None) is not None:
                 self.expired += 1
         if len(self._values) > self.max_series:
-            self._fold()
+            self._fold(now)
+        forgotten_seen = self._forgotten_seen
+        for seen in [seen for seen in forgotten_seen if seen < horizon]:
+            self._forgotten_folded -= forgotten_seen.pop(seen)
 
-    def _fold(self) -> None:
+    def _fold(self, now: float) -> None:
         overflow_of = self.folding.overflow_of
         regular = [labels for labels in self._values if not self.folding.is_overflow(labels)]
         groups = {overflow_of(labels) for labels in self._values}
@@ -106,17 +114,19 @@ class CounterStore:
             target = overflow_of(labels)
             self._values[target] = self._values.get(target, 0) + self._values.pop(labels)
             self._active[target] = max(self._active.get(target, 0.0), self._active.get(labels, 0.0))
-            self._remember_folded(labels, target)
+            self._remember_folded(labels, target, now)
         self._floor = self._values[regular[cut]] if cut < len(regular) else -1
 
-    def _remember_folded(self, labels: Labels, target: Labels) -> None:
+    def _remember_folded(self, labels: Labels, target: Labels, now: float) -> None:
         """Its increments follow `target` from now on, while it is among the `remembered` last to move."""
         folded_into = self._folded_into
         folded_into[labels] = target
         if len(folded_into) > self.remembered:
             oldest, _ = folded_into.popitem(last=False)
-            self._active.pop(oldest, None)
+            seen = self._active.pop(oldest, now)
             self.forgotten += 1
+            self._forgotten_folded += 1
+            self._forgotten_seen[seen] = self._forgotten_seen.get(seen, 0) + 1
 
     def snapshot(self) -> Mapping[Labels, int]:
         return MappingProxyType(dict(self._values))
