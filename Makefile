@@ -62,6 +62,7 @@ bench: deps apiserver
 	$(BIN)/python benchmarks/inventory_scale.py
 	$(BIN)/python benchmarks/churn.py
 	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python benchmarks/peer_churn_memory.py
 
 clean:
 	rm -rf $(VENV) $(FLOORS) .mypy_cache .ruff_cache .pytest_cache

@@ -53,11 +53,13 @@ def poll(
             table = _table_stats()
     names = Attributor(inventory, node, policy)
     connections = attribute_connections(counts, names)
+    del counts  # one key per entry when every peer is new: let it go before the counters add theirs
     served, folded = (connections, 0) if max_series is None else fold_gauge(connections, max_series, CONNECTION_FOLDING)
     counters = None
     if counting is not None:
         accounting = table.accounting if table is not None else None
-        counters = counting.update(names, connections, accounting, time.monotonic(), folded)
+        limit = table.limit if table is not None else None
+        counters = counting.update(names, connections, accounting, time.monotonic(), folded, limit)
     return PollResult(
         node=node,
         connections=PollResult.freeze(served),

@@ -67,6 +67,8 @@ POLL = PollResult(
         vanished=1,
         recovered=30,  # of the 40 events dropped: 30 NEW, 1 DESTROY, 9 unexplained -> at most 5 connections missed
         possibly_missed=5,
+        label_sets={"khan_connections_opened_total": 3, "khan_flow_bytes_total": 2},
+        forgotten={"khan_connections_opened_total": 1, "khan_flow_bytes_total": 0},
     ),
 )  # fmt: skip
 EVENTS = EventStats(new=9, destroy=3, malformed=0, overflows=1, dropped=40)

@@ -38,6 +38,9 @@ class CounterView:
     vanished: int = 0
     recovered: int = 0
     possibly_missed: int | None = 0  # None: the kernel's count of dropped events is unknown, so is the bound
+    label_sets: Mapping[str, int] = field(default_factory=dict)  # family name -> label sets held (memory's bound)
+    forgotten: Mapping[str, int] = field(default_factory=dict)  # family name -> folded label sets forgotten
+    dropped: int = 0  # tracker records dropped to stay within the table's limit
 
 
 class Counting:
@@ -58,16 +61,23 @@ class Counting:
         accounting: bool | None,
         now: float,
         connections_folded: int = 0,
+        table_limit: int | None = None,
     ) -> CounterView:
-        """Add what the tracker saw since the last update; `connections` (unfolded) says which pairs still exist."""
+        """Add what the tracker saw since the last update; `connections` (unfolded) says which pairs still exist.
+        `table_limit` (nf_conntrack_max) bounds the tracker's records from the next dump on."""
+        if table_limit is not None:
+            self.tracker.limit = table_limit
         deltas = self.tracker.take()
-        for labels, amount in attribute_pairs(deltas.opened, names).items():
+        # Each delta is let go once added: with every peer new, they are as many as the table's entries.
+        for labels, amount in attribute_pairs(deltas.opened, names):
             self.opened.add(labels, amount, now)
+        deltas.opened.clear()
         bytes_on = accounting is not False
         if bytes_on:
             for direction, amounts in (("sent", deltas.sent), ("received", deltas.received)):
-                for labels, amount in attribute_pairs(amounts, names).items():
+                for labels, amount in attribute_pairs(amounts, names):
                     self.flow_bytes.add((*labels, direction), amount, now)
+                amounts.clear()
         for labels, amount in attribute_transactions(deltas.transactions, names).items():
             self.transactions.add(labels, amount, now)
         for (_, service, _, endpoint, _), amount in deltas.transactions.items():
@@ -106,4 +116,7 @@ class Counting:
             vanished=tracker.totals.vanished,
             recovered=tracker.totals.recovered,
             possibly_missed=tracker.totals.possibly_missed,
+            label_sets=MappingProxyType({name: store.label_sets for name, store in stores.items()}),
+            forgotten=MappingProxyType({name: store.forgotten for name, store in stores.items()}),
+            dropped=tracker.totals.dropped,
         )

@@ -21,6 +21,7 @@ lost) a dump sees counters going backwards, which counts as a new connection and
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import deque
 from collections.abc import Iterable
@@ -78,6 +79,8 @@ class TrackerTotals:
     # An upper bound on connections whose NEW and DESTROY were both lost, counted nowhere; None: the kernel's count
     # of dropped events could not be read, so there is no bound.
     possibly_missed: int | None = 0
+    # Records of entries an interrupted dump did not read, dropped to keep the records within the table's limit.
+    dropped: int = 0
 
 
 _DUMP_FIELDS = attrgetter("id", "sport", "dport", "orig_bytes", "reply_bytes")  # one C call per entry
@@ -127,6 +130,8 @@ class ConnectionTracker:
         self._candidates: list[tuple[int, Flow]] = []
         self._floor = 0
         self._heaviest: list[HeavyFlow] = []
+        # The table's limit (nf_conntrack_max), as the last poll read it: the records never outnumber it. None: unknown.
+        self.limit: int | None = None
 
     def __len__(self) -> int:
         return len(self._live)
@@ -264,8 +269,7 @@ class ConnectionTracker:
                     self._settle_after_next_dump = False
                     self._settle_loss()
             else:
-                for ident, record in live.items():
-                    dumping.setdefault(ident, record)
+                self._keep_unread(live, dumping)
             self._live = dumping
             self._dumping = None
             self._added_during = set()
@@ -277,6 +281,17 @@ class ConnectionTracker:
                 HeavyFlow(flow, total, dumping.get(identity(flow), (0, 0, 0))[2]) for total, flow in self._candidates
             ]
             self._candidates = []
+
+    def _keep_unread(self, live: dict[int, Record], dumping: dict[int, Record]) -> None:
+        """After an interrupted dump: the records it did not read stay, as far as the table could hold them. Some
+        of them have left (their DESTROY lost, or events off); beyond the table's limit the last of them go, so that
+        repeated interrupted dumps cannot pile them up. One still in the table is counted again as new."""
+        room = len(live) if self.limit is None else max(0, self.limit - len(dumping))
+        for ident, record in itertools.islice(live.items(), room):
+            dumping.setdefault(ident, record)
+        dropped = len(live) - min(room, len(live))
+        self.totals.vanished += dropped
+        self.totals.dropped += dropped
 
     def _settle_loss(self) -> None:
         """Every event the kernel dropped was a NEW or a DESTROY. A lost NEW shows as a recovered connection, a
@@ -353,11 +368,14 @@ class ConnectionTracker:
             key = (flow.proto, flow.dst, flow.dport, flow.reply_src, flow.reply_sport)
             deltas.transactions[key] = deltas.transactions.get(key, 0) + 1
         if orig_bytes or reply_bytes:
-            self._add_bytes(flow, orig_bytes, reply_bytes)
+            self._add_pair_bytes(pair, orig_bytes, reply_bytes)
 
     def _add_bytes(self, flow: Flow, orig_bytes: int, reply_bytes: int) -> None:
+        self._add_pair_bytes((flow.proto, flow.src, flow.dst, flow.dport, flow.reply_src), orig_bytes, reply_bytes)
+
+    def _add_pair_bytes(self, pair: PairKey, orig_bytes: int, reply_bytes: int) -> None:
+        """One key tuple for a pair's opening and bytes: with every peer new, a poll holds one per entry."""
         deltas = self._deltas
-        pair = (flow.proto, flow.src, flow.dst, flow.dport, flow.reply_src)
         if orig_bytes:
             deltas.sent[pair] = deltas.sent.get(pair, 0) + orig_bytes
         if reply_bytes:

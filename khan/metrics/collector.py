@@ -109,8 +109,17 @@ def _counter_families(counters: CounterView) -> Iterator[Metric]:
     for name, number in sorted(counters.expired.items()):
         expired.add_metric([name], number)
     yield expired
+    label_sets = gauge(f.SERIES_LABEL_SETS)
+    for name, number in sorted(counters.label_sets.items()):
+        label_sets.add_metric([name], number)
+    yield label_sets
+    forgotten = counter(f.SERIES_FORGOTTEN)
+    for name, number in sorted(counters.forgotten.items()):
+        forgotten.add_metric([name], number)
+    yield forgotten
     yield gauge(f.TRACKED_ENTRIES, counters.tracked)
     yield counter(f.ENTRIES_VANISHED, counters.vanished)
+    yield counter(f.TRACKED_ENTRIES_DROPPED, counters.dropped)
     yield counter(f.CONNECTIONS_RECOVERED, counters.recovered)
     if counters.possibly_missed is not None:
         yield counter(f.CONNECTIONS_POSSIBLY_MISSED, counters.possibly_missed)

@@ -81,6 +81,20 @@ SERIES_EXPIRED = MetricSpec(
     "Counter series dropped because their pair was gone from the table and idle for --counter-ttl.",
     ("family",),
 )
+SERIES_LABEL_SETS = MetricSpec(
+    "khan_series_label_sets",
+    "gauge",
+    "Label sets a counter family holds in memory: its series and the folded label sets whose increments follow "
+    "their overflow series; at most twice --max-series plus the overflow series.",
+    ("family",),
+)
+SERIES_FORGOTTEN = MetricSpec(
+    "khan_series_forgotten_total",
+    "counter",
+    "Folded label sets forgotten because more than --max-series were folded (least recently moved first); one "
+    "that comes back folds again or starts a new series, and its old value stays in the overflow series.",
+    ("family",),
+)
 TRACKED_ENTRIES = MetricSpec(
     "khan_tracked_entries", "gauge", "Conntrack entries whose counters khan remembers between two looks."
 )
@@ -88,6 +102,12 @@ ENTRIES_VANISHED = MetricSpec(
     "khan_tracked_entries_vanished_total",
     "counter",
     "Entries that left the table with no DESTROY event seen: their bytes since the previous poll are not counted.",
+)
+TRACKED_ENTRIES_DROPPED = MetricSpec(
+    "khan_tracked_entries_dropped_total",
+    "counter",
+    "Records of entries an interrupted dump did not read, dropped so that khan never remembers more entries than "
+    "the table's limit (nf_conntrack_max); one still in the table counts again as new.",
 )
 CONNECTIONS_RECOVERED = MetricSpec(
     "khan_connections_recovered_total",
@@ -205,8 +225,11 @@ ALL: tuple[MetricSpec, ...] = (
     TRANSACTIONS,
     SERIES_FOLDED,
     SERIES_EXPIRED,
+    SERIES_LABEL_SETS,
+    SERIES_FORGOTTEN,
     TRACKED_ENTRIES,
     ENTRIES_VANISHED,
+    TRACKED_ENTRIES_DROPPED,
     CONNECTIONS_RECOVERED,
     CONNECTIONS_POSSIBLY_MISSED,
     EVENTS_SUBSCRIBED,

@@ -7,7 +7,7 @@ not once per entry.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from operator import attrgetter
 from types import MappingProxyType
@@ -97,9 +97,10 @@ def attribute_connections(counts: Mapping[RawKey, int], names: Attributor) -> di
     return series
 
 
-def attribute_pairs(amounts: Mapping[PairKey, int], names: Attributor) -> dict[Labels, int]:
-    """Raw pair deltas -> counter series (families.PAIR_LABELS): khan_connection's labels without `state`."""
-    series: dict[Labels, int] = {}
+def attribute_pairs(amounts: Mapping[PairKey, int], names: Attributor) -> Iterator[tuple[Labels, int]]:
+    """Raw pair deltas -> counter series (families.PAIR_LABELS): khan_connection's labels without `state`. One
+    item per raw key, unsummed (a counter adds them up): with every peer new, a summed copy would hold one label
+    set per table entry."""
     node = names.node
     for (proto, src, dst, dport, endpoint), amount in amounts.items():
         labels = (
@@ -110,8 +111,7 @@ def attribute_pairs(amounts: Mapping[PairKey, int], names: Attributor) -> dict[L
             transport_name(proto),
             names.seen_from(src, dst, endpoint),
         )
-        series[labels] = series.get(labels, 0) + amount
-    return series
+        yield labels, amount
 
 
 def pair_of(connection: Labels) -> Labels:
