@@ -35,7 +35,7 @@ from khan.metrics.snapshot import Health, PollResult
 from khan.metrics.watch_collector import WatchCollector
 from khan.poll import poll
 from khan.protection import Protection, ProtectionError, protection_for
-from khan.server import RunningServer, ServerLimits, connection_cap, raise_file_limit, start_server
+from khan.server import RunningServer, ServerLimits, connection_cap, raise_file_limit, request_cap, start_server
 from khan.settings import Settings
 from khan.shutdown import ExitDeadline
 from khan.web import Endpoints, make_app
@@ -185,7 +185,8 @@ class Agent:
             max_connections=connection_cap(self.settings.web_max_connections, raise_file_limit()),
             header_timeout_seconds=self.settings.web_header_timeout_seconds,
         )
-        app = make_app(endpoints, self.settings.web_max_requests, self.protection.middlewares)
+        max_requests = request_cap(self.settings.web_max_requests, limits.max_connections)
+        app = make_app(endpoints, max_requests, self.protection.middlewares)
         host = self.settings.listen_host or None
         port, ssl_context = self.settings.listen_port, self.protection.ssl_context
         try:
@@ -208,7 +209,7 @@ class Agent:
             aggregate=self.settings.labels.aggregate,
             max_series=self.settings.max_series,
             scheme=self.protection.scheme,
-            web_max_requests=self.settings.web_max_requests,
+            web_max_requests=max_requests,
             web_max_connections=limits.max_connections,
         )
         watcher = asyncio.create_task(self.inventory.run(stop), name="inventory")

@@ -35,6 +35,9 @@ BACKLOG = 128  # asyncio accepts up to this many sockets in one go, before the c
 KERNEL_BACKLOG = 4096
 RESERVED_DESCRIPTORS = 128  # the agent's own: netlink sockets, /proc and inventory files, API connections
 MIN_CONNECTIONS = 8
+# Connections the cap on requests in flight always leaves free, so that the kubelet's probes find one even when
+# every other connection is being answered.
+PROBE_CONNECTIONS = 4
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -69,6 +72,14 @@ def connection_cap(wanted: int, soft_file_limit: int) -> int:
     cap = max(MIN_CONNECTIONS, min(wanted, room))
     if cap < wanted:
         log.warning("connection_cap_lowered", wanted=wanted, cap=cap, soft_file_limit=soft_file_limit)
+    return cap
+
+
+def request_cap(wanted: int, max_connections: int) -> int:
+    """`wanted`, or less where busy requests could fill every connection and leave none for the probes."""
+    cap = max(1, min(wanted, max_connections - PROBE_CONNECTIONS))
+    if cap < wanted:
+        log.warning("request_cap_lowered", wanted=wanted, cap=cap, max_connections=max_connections)
     return cap
 
 
