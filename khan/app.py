@@ -82,15 +82,21 @@ class Agent:
 
     async def start(self) -> None:
         """What must work before serving: the inventory's file or API configuration, accounting if asked for,
-        and the event subscription. Raises StartupError."""
+        and the event subscription. Raises StartupError, with whatever was opened closed again."""
         try:
             self.protection = await protection_for(self.settings)  # first: a bad web config is the only line
         except ProtectionError as exc:
             raise StartupError(str(exc)) from exc
         try:
+            await self._start_after_protection()
+        except BaseException:
+            await self._close_started()
+            raise
+
+    async def _start_after_protection(self) -> None:
+        try:
             await self.inventory.start()
         except (InventoryError, ApiConfigError) as exc:
-            await self.protection.close()
             raise StartupError(str(exc)) from exc
         await asyncio.to_thread(self._prepare_table)
         self._resync = asyncio.Event()
@@ -109,6 +115,17 @@ class Agent:
                 log.warning("events_unavailable", reason=str(exc.strerror or exc), counting="dumps only")
             else:
                 self.events = reader
+
+    async def _close_started(self) -> None:
+        """The start failed, or the server could not listen: what start() opened is closed, each whatever the
+        others do."""
+        try:
+            self._stop_events()
+        finally:
+            try:
+                await self.protection.close()
+            finally:
+                await self.inventory.close()
 
     def _prepare_table(self) -> None:
         """Accounting and events sysctls of the table's namespace: read, and changed only when asked."""
@@ -193,9 +210,7 @@ class Agent:
             server: RunningServer = await start_server(app, limits, host, port, ssl_context)
         except OSError as exc:
             self._renderer.shutdown(wait=False)
-            await self.protection.close()
-            await self.inventory.close()
-            self._stop_events()
+            await self._close_started()
             where = f"{self.settings.listen_host}:{self.settings.listen_port}"
             raise StartupError(f"cannot listen on {where}: {os.strerror(exc.errno) if exc.errno else exc}") from exc
         log.info(
