@@ -39,6 +39,8 @@ MIN_CONNECTIONS = 8
 # every other connection is being answered.
 PROBE_CONNECTIONS = 4
 
+SERVER_NAME = "khan"  # the Server header: no versions for a scanner to match
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -194,15 +196,10 @@ class _Tracked(asyncio.Protocol):
         self._inner.resume_writing()
 
 
-class _BareResponse(web.Response):
-    async def _prepare_headers(self) -> None:
-        await super()._prepare_headers()
-        self.headers.popall(hdrs.SERVER, None)
-
-
 class _RequestHandler(web.RequestHandler):
-    """aiohttp's, except that its own error answers (a 400 to bytes that are not HTTP, an oversized header) go
-    out without the Server header naming aiohttp and Python's versions; the app's answers lose it in khan.web."""
+    """aiohttp's, except that its own error answers (a 400 to bytes that are not HTTP, an oversized header) name
+    khan as their Server, not aiohttp and Python's versions (aiohttp only sets the header where none is set);
+    the app's answers are named in on_response_prepare."""
 
     __slots__ = ()
 
@@ -210,11 +207,13 @@ class _RequestHandler(web.RequestHandler):
         self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
     ) -> web.StreamResponse:
         answer = super().handle_error(request, status, exc, message)
-        if not isinstance(answer, web.Response):
-            return answer
-        bare = _BareResponse(status=answer.status, body=answer.body, content_type=answer.content_type)
-        bare.force_close()
-        return bare
+        answer.headers[hdrs.SERVER] = SERVER_NAME
+        return answer
+
+
+async def name_the_server(_: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: runs after aiohttp has set its default Server header, which this replaces."""
+    response.headers[hdrs.SERVER] = SERVER_NAME
 
 
 @dataclass
@@ -239,6 +238,7 @@ async def start_server(
     loop = asyncio.get_running_loop()
     guard = ConnectionGuard(limits, loop)
     app.middlewares.insert(0, guard.middleware)
+    app.on_response_prepare.append(name_the_server)
     handler_options: dict[str, Any] = {
         "access_log": None,
         "keepalive_timeout": limits.header_timeout_seconds,
