@@ -247,10 +247,14 @@ class Agent:
                 log.warning("inventory_abandoned_at_shutdown")
             except Exception as exc:  # shutting down anyway: say it, do not mask the poller's outcome
                 log.warning("inventory_failed_at_shutdown", error=repr(exc))
-            await server.close()
-            self._renderer.shutdown(wait=False)
-            await self.protection.close()
-            self._stop_events()
+            try:
+                await server.close()
+            finally:  # whatever the server does, the rest is released
+                self._renderer.shutdown(wait=False)
+                try:
+                    await self.protection.close()
+                finally:
+                    self._stop_events()
             log.info("agent_stopped")
 
     async def _poll_forever(self, stop: asyncio.Event) -> None:

@@ -40,6 +40,9 @@ MIN_CONNECTIONS = 8
 PROBE_CONNECTIONS = 4
 
 SERVER_NAME = "khan"  # the Server header: no versions for a scanner to match
+# At shutdown, answers under way get this long to finish before their connections are cut (and aiohttp this
+# long again to end its handlers): a scraper that stops reading cannot hold the exit past its deadline.
+CLOSE_GRACE_SECONDS = 0.5
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -118,6 +121,19 @@ class ConnectionGuard:
         connection = _Connection(transport, self._loop.time())
         self._open[handler] = connection
         self._schedule(connection, connection.idle_since + self._limits.header_timeout_seconds)
+
+    async def drain(self, seconds: float) -> None:
+        """Returns once no connection is being answered, or after `seconds`."""
+        deadline = self._loop.time() + seconds
+        while any(c.busy for c in self._open.values()) and self._loop.time() < deadline:
+            await asyncio.sleep(0.05)
+
+    def abort_all(self) -> None:
+        for connection in list(self._open.values()):
+            if connection.timer is not None:
+                connection.timer.cancel()
+            connection.transport.abort()
+        self._open.clear()
 
     def closed(self, handler: asyncio.BaseProtocol) -> None:
         connection = self._open.pop(handler, None)
@@ -220,10 +236,16 @@ async def name_the_server(_: web.Request, response: web.StreamResponse) -> None:
 class RunningServer:
     runner: web.AppRunner
     server: asyncio.Server
+    guard: ConnectionGuard
 
     async def close(self) -> None:
+        """Stops listening; answers under way get CLOSE_GRACE_SECONDS, then every connection is cut."""
         self.server.close()
-        await self.runner.cleanup()
+        try:
+            await self.guard.drain(CLOSE_GRACE_SECONDS)
+        finally:
+            self.guard.abort_all()
+            await self.runner.cleanup()
 
 
 async def start_server(
@@ -245,7 +267,8 @@ async def start_server(
         "max_line_size": limits.max_line_size,
         "max_field_size": limits.max_field_size,
     }
-    runner = web.AppRunner(app, **handler_options)
+    # aiohttp waits this long for its handlers at cleanup (60 s by default), after the guard has cut them.
+    runner = web.AppRunner(app, shutdown_timeout=CLOSE_GRACE_SECONDS, **handler_options)
     await runner.setup()
     manager = runner.server
     assert manager is not None  # set by setup()
@@ -272,4 +295,4 @@ async def start_server(
         # asyncio listens with the batch size; a duplicate descriptor of the same socket sets the kernel's queue.
         with socket.socket(fileno=os.dup(listening.fileno())) as same:
             same.listen(KERNEL_BACKLOG)
-    return RunningServer(runner, server)
+    return RunningServer(runner, server, guard)
