@@ -23,14 +23,14 @@ from khan.conntrack.namespace import NamespaceError, entered
 from khan.conntrack.netlink import ConntrackError
 from khan.conntrack.table import ACCT_SYSCTL, enable_accounting
 from khan.counting.counters import Counting
-from khan.counting.tracker import ConnectionTracker, HeavyFlow
+from khan.counting.tracker import ConnectionTracker
 from khan.inventory.api_config import ApiConfigError
 from khan.inventory.from_file import InventoryError
 from khan.inventory.source import InventoryProvider, choose_inventory
+from khan.json_views import JsonViews, render_json_views
 from khan.logs import LoopExceptionHandler, RateLimiter
 from khan.metrics.collector import KhanCollector
 from khan.metrics.exposition import Exposition, render
-from khan.metrics.labels import address_text
 from khan.metrics.snapshot import Health, PollResult
 from khan.metrics.watch_collector import WatchCollector
 from khan.poll import poll
@@ -73,6 +73,8 @@ class Agent:
             self.loop_registry.register(WatchCollector(watch_stats, self.inventory.deleted_pods))
         # /metrics serves this: rendered after every poll in its own thread (never the poll's, never the loop).
         self.exposition: Exposition | None = None
+        # /transactions and /flows, and the poll they show (encoded on demand, see _json_views)
+        self._json_views_of: tuple[PollResult | None, asyncio.Future[JsonViews]] | None = None
         self._served = self.health  # the health that exposition shows: ready once it holds a successful poll
         self._renderer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="khan-render")
         self._warnings = RateLimiter(period=60.0)
@@ -147,19 +149,22 @@ class Agent:
         if events == 0 and self.settings.events != "off":
             log.warning("events_off_in_kernel", sysctl="net.netfilter.nf_conntrack_events=0", counting="dumps only")
 
-    def transactions_json(self) -> list[dict[str, object]]:
-        last = self.health.last
-        endpoints = last.counters.endpoints if last is not None and last.counters is not None else {}
-        return [
-            {"serviceID": service, "endpointCounter": dict(sorted(counts.items()))}
-            for service, counts in sorted(endpoints.items())
-        ]
+    async def transactions_body(self) -> bytes:
+        return (await self._json_views()).transactions
 
-    def flows_json(self, limit: int) -> list[dict[str, object]]:
+    async def flows_body(self, limit: int) -> bytes:
+        return (await self._json_views()).flows.first(limit)
+
+    async def _json_views(self) -> JsonViews:
+        """The last poll's /transactions and /flows, encoded in the rendering thread when first asked for after
+        that poll (most agents are never asked), once for every request that comes while it is encoded."""
         last = self.health.last
-        if last is None or last.counters is None:
-            return []
-        return [flow_record(heavy, last.finished_at) for heavy in last.counters.heaviest[:limit]]
+        views = self._json_views_of
+        if views is None or views[0] is not last or _failed(views[1]):
+            loop = asyncio.get_running_loop()
+            views = (last, loop.run_in_executor(self._renderer, render_json_views, last))
+            self._json_views_of = views
+        return await asyncio.shield(views[1])  # a client that goes does not cancel the others' encoding
 
     def current_exposition(self) -> Exposition:
         assert self.exposition is not None, "rendered before the server starts"
@@ -197,7 +202,7 @@ class Agent:
             loop.add_signal_handler(signum, stop.set)
         loop.set_exception_handler(LoopExceptionHandler())
         await self.render_metrics()  # before the first poll: the health metrics there are
-        endpoints = Endpoints(self.current_exposition, self.not_ready_reason, self.transactions_json, self.flows_json)
+        endpoints = Endpoints(self.current_exposition, self.not_ready_reason, self.transactions_body, self.flows_body)
         limits = ServerLimits(
             max_connections=connection_cap(self.settings.web_max_connections, raise_file_limit()),
             header_timeout_seconds=self.settings.web_header_timeout_seconds,
@@ -380,29 +385,16 @@ async def _first_of(*events: asyncio.Event) -> None:
             waiter.cancel()
 
 
+def _failed(future: asyncio.Future[JsonViews]) -> bool:
+    return future.done() and (future.cancelled() or future.exception() is not None)
+
+
 def _read_sysctl(path: str) -> int | None:
     try:
         with open(path) as sysctl:
             return int(sysctl.read().strip())
     except (OSError, ValueError):
         return None
-
-
-def flow_record(heavy: HeavyFlow, timestamp: float) -> dict[str, object]:
-    """One current connection in k8sconntrack's /flows shape; `value` is both directions' bytes."""
-    flow = heavy.flow
-    source, destination = address_text(flow.src), address_text(flow.dst)
-    return {
-        "uid": f"{_host_port(source, flow.sport)}->{_host_port(destination, flow.dport)}#{heavy.first_seen}",
-        "source": source,
-        "destination": destination,
-        "value": heavy.total_bytes,
-        "timestamp": int(timestamp),
-    }
-
-
-def _host_port(address: str, port: int) -> str:
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def run_agent(settings: Settings) -> None:
