@@ -87,6 +87,9 @@ def test_silent_tls_sockets_are_counted_by_the_connection_cap(netns: str, tmp_pa
         assert most_descriptors <= descriptors_before + CAP + 2 * ACCEPT_BATCH, most_descriptors
         assert most_rss - rss_before < 48 << 20, (rss_before, most_rss)
         assert agent.process.poll() is None
+        text = agent.log_path.read_text()
+        assert "Traceback" not in text
+        assert len(text.splitlines()) < 20, text[-3000:]  # evictions are one rate-limited line
 
 
 def test_sigterm_with_a_scraper_that_never_reads_exits_cleanly(tmp_path: Path) -> None:
