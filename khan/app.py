@@ -23,19 +23,19 @@ from khan.conntrack.namespace import NamespaceError, entered
 from khan.conntrack.netlink import ConntrackError
 from khan.conntrack.table import ACCT_SYSCTL, enable_accounting
 from khan.counting.counters import Counting
-from khan.counting.tracker import ConnectionTracker, HeavyFlow
+from khan.counting.tracker import ConnectionTracker
 from khan.inventory.api_config import ApiConfigError
 from khan.inventory.from_file import InventoryError
 from khan.inventory.source import InventoryProvider, choose_inventory
+from khan.json_views import JsonViews, render_json_views
 from khan.logs import LoopExceptionHandler, RateLimiter
 from khan.metrics.collector import KhanCollector
 from khan.metrics.exposition import Exposition, render
-from khan.metrics.labels import address_text
 from khan.metrics.snapshot import Health, PollResult
 from khan.metrics.watch_collector import WatchCollector
 from khan.poll import poll
 from khan.protection import Protection, ProtectionError, protection_for
-from khan.server import RunningServer, ServerLimits, connection_cap, raise_file_limit, start_server
+from khan.server import RunningServer, ServerLimits, connection_cap, raise_file_limit, request_cap, start_server
 from khan.settings import Settings
 from khan.shutdown import ExitDeadline
 from khan.web import Endpoints, make_app
@@ -73,6 +73,8 @@ class Agent:
             self.loop_registry.register(WatchCollector(watch_stats, self.inventory.deleted_pods))
         # /metrics serves this: rendered after every poll in its own thread (never the poll's, never the loop).
         self.exposition: Exposition | None = None
+        # /transactions and /flows, and the poll they show (encoded on demand, see _json_views)
+        self._json_views_of: tuple[PollResult | None, asyncio.Future[JsonViews]] | None = None
         self._served = self.health  # the health that exposition shows: ready once it holds a successful poll
         self._renderer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="khan-render")
         self._warnings = RateLimiter(period=60.0)
@@ -82,15 +84,21 @@ class Agent:
 
     async def start(self) -> None:
         """What must work before serving: the inventory's file or API configuration, accounting if asked for,
-        and the event subscription. Raises StartupError."""
+        and the event subscription. Raises StartupError, with whatever was opened closed again."""
         try:
             self.protection = await protection_for(self.settings)  # first: a bad web config is the only line
         except ProtectionError as exc:
             raise StartupError(str(exc)) from exc
         try:
+            await self._start_after_protection()
+        except BaseException:
+            await self._close_started()
+            raise
+
+    async def _start_after_protection(self) -> None:
+        try:
             await self.inventory.start()
         except (InventoryError, ApiConfigError) as exc:
-            await self.protection.close()
             raise StartupError(str(exc)) from exc
         await asyncio.to_thread(self._prepare_table)
         self._resync = asyncio.Event()
@@ -109,6 +117,17 @@ class Agent:
                 log.warning("events_unavailable", reason=str(exc.strerror or exc), counting="dumps only")
             else:
                 self.events = reader
+
+    async def _close_started(self) -> None:
+        """The start failed, or the server could not listen: what start() opened is closed, each whatever the
+        others do."""
+        try:
+            self._stop_events()
+        finally:
+            try:
+                await self.protection.close()
+            finally:
+                await self.inventory.close()
 
     def _prepare_table(self) -> None:
         """Accounting and events sysctls of the table's namespace: read, and changed only when asked."""
@@ -130,19 +149,22 @@ class Agent:
         if events == 0 and self.settings.events != "off":
             log.warning("events_off_in_kernel", sysctl="net.netfilter.nf_conntrack_events=0", counting="dumps only")
 
-    def transactions_json(self) -> list[dict[str, object]]:
-        last = self.health.last
-        endpoints = last.counters.endpoints if last is not None and last.counters is not None else {}
-        return [
-            {"serviceID": service, "endpointCounter": dict(sorted(counts.items()))}
-            for service, counts in sorted(endpoints.items())
-        ]
+    async def transactions_body(self) -> bytes:
+        return (await self._json_views()).transactions
 
-    def flows_json(self, limit: int) -> list[dict[str, object]]:
+    async def flows_body(self, limit: int) -> bytes:
+        return (await self._json_views()).flows.first(limit)
+
+    async def _json_views(self) -> JsonViews:
+        """The last poll's /transactions and /flows, encoded in the rendering thread when first asked for after
+        that poll (most agents are never asked), once for every request that comes while it is encoded."""
         last = self.health.last
-        if last is None or last.counters is None:
-            return []
-        return [flow_record(heavy, last.finished_at) for heavy in last.counters.heaviest[:limit]]
+        views = self._json_views_of
+        if views is None or views[0] is not last or _failed(views[1]):
+            loop = asyncio.get_running_loop()
+            views = (last, loop.run_in_executor(self._renderer, render_json_views, last))
+            self._json_views_of = views
+        return await asyncio.shield(views[1])  # a client that goes does not cancel the others' encoding
 
     def current_exposition(self) -> Exposition:
         assert self.exposition is not None, "rendered before the server starts"
@@ -180,21 +202,20 @@ class Agent:
             loop.add_signal_handler(signum, stop.set)
         loop.set_exception_handler(LoopExceptionHandler())
         await self.render_metrics()  # before the first poll: the health metrics there are
-        endpoints = Endpoints(self.current_exposition, self.not_ready_reason, self.transactions_json, self.flows_json)
+        endpoints = Endpoints(self.current_exposition, self.not_ready_reason, self.transactions_body, self.flows_body)
         limits = ServerLimits(
             max_connections=connection_cap(self.settings.web_max_connections, raise_file_limit()),
             header_timeout_seconds=self.settings.web_header_timeout_seconds,
         )
-        app = make_app(endpoints, self.settings.web_max_requests, self.protection.middlewares)
+        max_requests = request_cap(self.settings.web_max_requests, limits.max_connections)
+        app = make_app(endpoints, max_requests, self.protection.middlewares)
         host = self.settings.listen_host or None
         port, ssl_context = self.settings.listen_port, self.protection.ssl_context
         try:
             server: RunningServer = await start_server(app, limits, host, port, ssl_context)
         except OSError as exc:
             self._renderer.shutdown(wait=False)
-            await self.protection.close()
-            await self.inventory.close()
-            self._stop_events()
+            await self._close_started()
             where = f"{self.settings.listen_host}:{self.settings.listen_port}"
             raise StartupError(f"cannot listen on {where}: {os.strerror(exc.errno) if exc.errno else exc}") from exc
         log.info(
@@ -208,7 +229,7 @@ class Agent:
             aggregate=self.settings.labels.aggregate,
             max_series=self.settings.max_series,
             scheme=self.protection.scheme,
-            web_max_requests=self.settings.web_max_requests,
+            web_max_requests=max_requests,
             web_max_connections=limits.max_connections,
         )
         watcher = asyncio.create_task(self.inventory.run(stop), name="inventory")
@@ -231,10 +252,14 @@ class Agent:
                 log.warning("inventory_abandoned_at_shutdown")
             except Exception as exc:  # shutting down anyway: say it, do not mask the poller's outcome
                 log.warning("inventory_failed_at_shutdown", error=repr(exc))
-            await server.close()
-            self._renderer.shutdown(wait=False)
-            await self.protection.close()
-            self._stop_events()
+            try:
+                await server.close()
+            finally:  # whatever the server does, the rest is released
+                self._renderer.shutdown(wait=False)
+                try:
+                    await self.protection.close()
+                finally:
+                    self._stop_events()
             log.info("agent_stopped")
 
     async def _poll_forever(self, stop: asyncio.Event) -> None:
@@ -360,29 +385,16 @@ async def _first_of(*events: asyncio.Event) -> None:
             waiter.cancel()
 
 
+def _failed(future: asyncio.Future[JsonViews]) -> bool:
+    return future.done() and (future.cancelled() or future.exception() is not None)
+
+
 def _read_sysctl(path: str) -> int | None:
     try:
         with open(path) as sysctl:
             return int(sysctl.read().strip())
     except (OSError, ValueError):
         return None
-
-
-def flow_record(heavy: HeavyFlow, timestamp: float) -> dict[str, object]:
-    """One current connection in k8sconntrack's /flows shape; `value` is both directions' bytes."""
-    flow = heavy.flow
-    source, destination = address_text(flow.src), address_text(flow.dst)
-    return {
-        "uid": f"{_host_port(source, flow.sport)}->{_host_port(destination, flow.dport)}#{heavy.first_seen}",
-        "source": source,
-        "destination": destination,
-        "value": heavy.total_bytes,
-        "timestamp": int(timestamp),
-    }
-
-
-def _host_port(address: str, port: int) -> str:
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def run_agent(settings: Settings) -> None:

@@ -7,6 +7,11 @@ new connection evicts the longest-idle one (one not being answered), so idle soc
 kubelet's probe; only when every connection is busy is the new one refused. The cap leaves room below the
 soft file limit for the backlog of accepted sockets and for the agent's own descriptors (netlink, /proc, the
 API), so a flood of connections cannot make a poll fail with EMFILE.
+
+TLS is started on each connection after the guard has counted it (asyncio's own TLS listener would tell the
+guard only after the handshake, and gives each socket still in it a quarter of a megabyte of buffer): a
+connection in its handshake is idle, so evictable, and is cut if the handshake is not done within
+HANDSHAKE_SECONDS (or the header deadline, if shorter).
 """
 
 from __future__ import annotations
@@ -35,6 +40,15 @@ BACKLOG = 128  # asyncio accepts up to this many sockets in one go, before the c
 KERNEL_BACKLOG = 4096
 RESERVED_DESCRIPTORS = 128  # the agent's own: netlink sockets, /proc and inventory files, API connections
 MIN_CONNECTIONS = 8
+# Connections the cap on requests in flight always leaves free, so that the kubelet's probes find one even when
+# every other connection is being answered.
+PROBE_CONNECTIONS = 4
+
+HANDSHAKE_SECONDS = 2.0  # a client's TLS handshake on a node's network takes milliseconds
+SERVER_NAME = "khan"  # the Server header: no versions for a scanner to match
+# At shutdown, answers under way get this long to finish before their connections are cut (and aiohttp this
+# long again to end its handlers): a scraper that stops reading cannot hold the exit past its deadline.
+CLOSE_GRACE_SECONDS = 0.5
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -72,6 +86,14 @@ def connection_cap(wanted: int, soft_file_limit: int) -> int:
     return cap
 
 
+def request_cap(wanted: int, max_connections: int) -> int:
+    """`wanted`, or less where busy requests could fill every connection and leave none for the probes."""
+    cap = max(1, min(wanted, max_connections - PROBE_CONNECTIONS))
+    if cap < wanted:
+        log.warning("request_cap_lowered", wanted=wanted, cap=cap, max_connections=max_connections)
+    return cap
+
+
 class _Connection:
     __slots__ = ("busy", "idle_since", "timer", "transport")
 
@@ -91,20 +113,48 @@ class ConnectionGuard:
         self._open: dict[asyncio.BaseProtocol, _Connection] = {}
         self._warnings = RateLimiter(period=60.0)
 
-    def protocol_factory(self, make_handler: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
+    @property
+    def header_timeout_seconds(self) -> float:
+        return self._limits.header_timeout_seconds
+
+    def protocol_factory(
+        self, make_handler: Callable[[], asyncio.Protocol], tls: ssl.SSLContext | None
+    ) -> Callable[[], asyncio.Protocol]:
         def build() -> asyncio.Protocol:
-            return _Tracked(make_handler(), self)
+            return _Tracked(make_handler(), self, tls)
 
         return build
 
-    def opened(self, handler: asyncio.BaseProtocol, transport: asyncio.Transport) -> None:
+    def opened(self, handler: asyncio.BaseProtocol, transport: asyncio.Transport) -> bool:
+        """Counts the connection; False if it was refused (and closed) at the cap."""
         if len(self._open) >= self._limits.max_connections and not self._evict_one():
             self._warn("http_connection_refused", reason="every connection is being answered")
             transport.abort()
-            return
+            return False
         connection = _Connection(transport, self._loop.time())
         self._open[handler] = connection
         self._schedule(connection, connection.idle_since + self._limits.header_timeout_seconds)
+        return True
+
+    def upgraded(self, handler: asyncio.BaseProtocol, transport: asyncio.Transport) -> None:
+        """The handshake is done: the headers' deadline starts now, and closing means the TLS transport."""
+        connection = self._open.get(handler)
+        if connection is not None:
+            connection.transport = transport
+            connection.idle_since = self._loop.time()
+
+    async def drain(self, seconds: float) -> None:
+        """Returns once no connection is being answered, or after `seconds`."""
+        deadline = self._loop.time() + seconds
+        while any(c.busy for c in self._open.values()) and self._loop.time() < deadline:
+            await asyncio.sleep(0.05)
+
+    def abort_all(self) -> None:
+        for connection in list(self._open.values()):
+            if connection.timer is not None:
+                connection.timer.cancel()
+            connection.transport.abort()
+        self._open.clear()
 
     def closed(self, handler: asyncio.BaseProtocol) -> None:
         connection = self._open.pop(handler, None)
@@ -156,42 +206,76 @@ class ConnectionGuard:
 
 
 class _Tracked(asyncio.Protocol):
-    """aiohttp's RequestHandler, with the guard told when its connection opens and closes."""
+    """aiohttp's RequestHandler, with the guard told when its connection opens and closes, and TLS started on
+    the connection once the guard has counted it."""
 
-    def __init__(self, inner: asyncio.Protocol, guard: ConnectionGuard) -> None:
+    def __init__(self, inner: asyncio.Protocol, guard: ConnectionGuard, tls: ssl.SSLContext | None) -> None:
         self._inner = inner
         self._guard = guard
+        self._tls = tls
+        self._made = False  # the inner handler has its transport (after the handshake, with TLS)
+        self._handshake: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._inner.connection_made(transport)
-        self._guard.opened(self._inner, transport)  # type: ignore[arg-type]  # a stream transport
+        stream: asyncio.Transport = transport  # type: ignore[assignment]  # a stream server's
+        if not self._guard.opened(self._inner, stream):
+            return
+        if self._tls is None:
+            self._made = True
+            self._inner.connection_made(stream)
+            return
+        stream.pause_reading()  # nothing is read before start_tls puts its protocol in place
+        self._handshake = asyncio.ensure_future(self._start_tls(stream, self._tls))
+
+    async def _start_tls(self, transport: asyncio.Transport, context: ssl.SSLContext) -> None:
+        loop = asyncio.get_running_loop()
+        secure: asyncio.Transport | None = None
+        if not transport.is_closing():  # evicted before the handshake began
+            try:
+                secure = await loop.start_tls(
+                    transport,
+                    self,
+                    context,
+                    server_side=True,
+                    ssl_handshake_timeout=min(HANDSHAKE_SECONDS, self._guard.header_timeout_seconds),
+                )
+            except Exception:  # a failed, slow or abandoned handshake: asyncio logs as before, the socket goes
+                secure = None
+        if secure is None:  # start_tls returns None when the connection was cut during the handshake
+            self._guard.closed(self._inner)
+            transport.abort()
+            return
+        self._guard.upgraded(self._inner, secure)
+        self._made = True
+        self._inner.connection_made(secure)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._guard.closed(self._inner)
-        self._inner.connection_lost(exc)
+        if self._handshake is not None and not self._handshake.done():
+            self._handshake.cancel()
+        if self._made:
+            self._inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        self._inner.data_received(data)
+        if self._made:  # before the handshake, reading is paused and then start_tls's protocol reads
+            self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
+        return self._inner.eof_received() if self._made else None
 
     def pause_writing(self) -> None:
-        self._inner.pause_writing()
+        if self._made:
+            self._inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self._inner.resume_writing()
-
-
-class _BareResponse(web.Response):
-    async def _prepare_headers(self) -> None:
-        await super()._prepare_headers()
-        self.headers.popall(hdrs.SERVER, None)
+        if self._made:
+            self._inner.resume_writing()
 
 
 class _RequestHandler(web.RequestHandler):
-    """aiohttp's, except that its own error answers (a 400 to bytes that are not HTTP, an oversized header) go
-    out without the Server header naming aiohttp and Python's versions; the app's answers lose it in khan.web."""
+    """aiohttp's, except that its own error answers (a 400 to bytes that are not HTTP, an oversized header) name
+    khan as their Server, not aiohttp and Python's versions (aiohttp only sets the header where none is set);
+    the app's answers are named in on_response_prepare."""
 
     __slots__ = ()
 
@@ -199,21 +283,29 @@ class _RequestHandler(web.RequestHandler):
         self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
     ) -> web.StreamResponse:
         answer = super().handle_error(request, status, exc, message)
-        if not isinstance(answer, web.Response):
-            return answer
-        bare = _BareResponse(status=answer.status, body=answer.body, content_type=answer.content_type)
-        bare.force_close()
-        return bare
+        answer.headers[hdrs.SERVER] = SERVER_NAME
+        return answer
+
+
+async def name_the_server(_: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: runs after aiohttp has set its default Server header, which this replaces."""
+    response.headers[hdrs.SERVER] = SERVER_NAME
 
 
 @dataclass
 class RunningServer:
     runner: web.AppRunner
     server: asyncio.Server
+    guard: ConnectionGuard
 
     async def close(self) -> None:
+        """Stops listening; answers under way get CLOSE_GRACE_SECONDS, then every connection is cut."""
         self.server.close()
-        await self.runner.cleanup()
+        try:
+            await self.guard.drain(CLOSE_GRACE_SECONDS)
+        finally:
+            self.guard.abort_all()
+            await self.runner.cleanup()
 
 
 async def start_server(
@@ -228,13 +320,15 @@ async def start_server(
     loop = asyncio.get_running_loop()
     guard = ConnectionGuard(limits, loop)
     app.middlewares.insert(0, guard.middleware)
+    app.on_response_prepare.append(name_the_server)
     handler_options: dict[str, Any] = {
         "access_log": None,
         "keepalive_timeout": limits.header_timeout_seconds,
         "max_line_size": limits.max_line_size,
         "max_field_size": limits.max_field_size,
     }
-    runner = web.AppRunner(app, **handler_options)
+    # aiohttp waits this long for its handlers at cleanup (60 s by default), after the guard has cut them.
+    runner = web.AppRunner(app, shutdown_timeout=CLOSE_GRACE_SECONDS, **handler_options)
     await runner.setup()
     manager = runner.server
     assert manager is not None  # set by setup()
@@ -244,13 +338,9 @@ async def start_server(
 
     try:
         server = await loop.create_server(
-            guard.protocol_factory(make_handler),
+            guard.protocol_factory(make_handler, ssl_context),  # TLS is started per connection, once counted
             host,
             port,
-            ssl=ssl_context,
-            # The guard first hears of a TLS connection once its handshake is done: one that never finishes it
-            # is cut off by the same deadline as one that never sends its headers.
-            ssl_handshake_timeout=limits.header_timeout_seconds if ssl_context is not None else None,
             backlog=BACKLOG,
             reuse_address=True,
         )
@@ -261,4 +351,4 @@ async def start_server(
         # asyncio listens with the batch size; a duplicate descriptor of the same socket sets the kernel's queue.
         with socket.socket(fileno=os.dup(listening.fileno())) as same:
             same.listen(KERNEL_BACKLOG)
-    return RunningServer(runner, server)
+    return RunningServer(runner, server, guard)

@@ -51,8 +51,8 @@ class Endpoints:
 
     exposition: Callable[[], Exposition]
     ready: Callable[[], str | None]
-    transactions: Callable[[], list[dict[str, object]]]
-    flows: Callable[[int], list[dict[str, object]]]
+    transactions: Callable[[], Awaitable[bytes]]  # JSON, encoded once per poll
+    flows: Callable[[int], Awaitable[bytes]]  # JSON of the first N heaviest flows
 
 
 def make_app(endpoints: Endpoints, max_requests: int, middlewares: Sequence[Middleware] = ()) -> web.Application:
@@ -97,7 +97,7 @@ def make_app(endpoints: Endpoints, max_requests: int, middlewares: Sequence[Midd
         return web.Response(status=503, text=f"not ready: {reason}\n")
 
     async def transactions(_: web.Request) -> web.Response:
-        return web.json_response(endpoints.transactions())
+        return web.Response(body=await endpoints.transactions(), content_type="application/json", charset="utf-8")
 
     async def flows(request: web.Request) -> web.Response:
         raw = request.query.get("limit", str(DEFAULT_FLOWS_LIMIT))
@@ -109,7 +109,7 @@ def make_app(endpoints: Endpoints, max_requests: int, middlewares: Sequence[Midd
             return web.json_response(
                 {"error": f"limit must be a whole number from 1 to {MAX_FLOWS_LIMIT}, got {shown!r}"}, status=400
             )
-        return web.json_response(endpoints.flows(int(raw)))
+        return web.Response(body=await endpoints.flows(int(raw)), content_type="application/json", charset="utf-8")
 
     app = web.Application(middlewares=[*middlewares, _in_flight_cap(max_requests)])
     app.on_response_prepare.append(_without_server_header)

@@ -124,17 +124,17 @@ def time_probes(port: int, seconds: float, every: float = 0.05) -> list[float]:
     return times
 
 
-# One scraper: GETs /metrics back to back until its deadline, then prints each scrape's seconds and bytes.
+# One scraper: GETs a path (/metrics) back to back until its deadline, then prints each scrape's seconds and bytes.
 SCRAPER = """
 import http.client, json, sys, time
-port, seconds, encoding = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+port, seconds, encoding, path = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4]
 results = []
 deadline = time.monotonic() + seconds
 while time.monotonic() < deadline:
     started = time.perf_counter()
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
-        connection.request("GET", "/metrics", headers={"Accept-Encoding": encoding} if encoding else {})
+        connection.request("GET", path, headers={"Accept-Encoding": encoding} if encoding else {})
         response = connection.getresponse()
         body = response.read()
         results.append((response.status, time.perf_counter() - started, len(body)))
@@ -154,11 +154,13 @@ class Scrape:
 
 
 @contextlib.contextmanager
-def scrapers(port: int, count: int, seconds: float, encoding: str = "") -> Iterator[list[Scrape]]:
+def scrapers(
+    port: int, count: int, seconds: float, encoding: str = "", path: str = "/metrics"
+) -> Iterator[list[Scrape]]:
     """`count` scraper processes for `seconds`; the list is filled with their scrapes when the block ends."""
     processes = [
         subprocess.Popen(
-            [sys.executable, "-c", SCRAPER, str(port), str(seconds), encoding],
+            [sys.executable, "-c", SCRAPER, str(port), str(seconds), encoding, path],
             stdout=subprocess.PIPE,
             env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
         )
