@@ -112,7 +112,6 @@ def make_app(endpoints: Endpoints, max_requests: int, middlewares: Sequence[Midd
         return web.Response(body=await endpoints.flows(int(raw)), content_type="application/json", charset="utf-8")
 
     app = web.Application(middlewares=[*middlewares, _in_flight_cap(max_requests)])
-    app.on_response_prepare.append(_without_server_header)
     app.router.add_get("/", landing)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
@@ -142,8 +141,3 @@ def _in_flight_cap(max_requests: int) -> Middleware:
             in_flight -= 1
 
     return cap
-
-
-async def _without_server_header(_: web.Request, response: web.StreamResponse) -> None:
-    """aiohttp names itself and Python's version; an exporter need not tell a scanner either."""
-    response.headers.popall(hdrs.SERVER, None)
