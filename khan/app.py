@@ -229,6 +229,7 @@ class Agent:
             aggregate=self.settings.labels.aggregate,
             max_series=self.settings.max_series,
             scheme=self.protection.scheme,
+            **self.protection.summary,
             web_max_requests=max_requests,
             web_max_connections=limits.max_connections,
         )

@@ -31,6 +31,8 @@ class Protection:
     middlewares: list[Any] = field(default_factory=list)
     tls: ReloadingTls | None = None  # when the certificate comes from files (and is reloaded)
     reviews: Any = None  # the API client of --auth kubernetes, closed with the server
+    # What agent_started says of it: logged once serving starts, so that a failed start stays one line.
+    summary: dict[str, object] = field(default_factory=lambda: {"tls": "off", "basic_auth_users": 0, "auth": "none"})
 
     @property
     def scheme(self) -> str:
@@ -68,12 +70,11 @@ async def protection_for(settings: Settings) -> Protection:
         protection.middlewares.append(auth_middleware(basic, kubernetes))
     if protection.middlewares and protection.ssl_context is None:
         log.warning("credentials_over_plain_http", fix="add --tls-self-signed or a tls_server_config")
-    log.info(
-        "serving_protection",
-        tls="files" if protection.tls else ("self-signed" if settings.tls_self_signed else "off"),
-        basic_auth_users=len(web_config.basic_auth_users),
-        auth=settings.auth,
-    )
+    protection.summary = {
+        "tls": "files" if protection.tls else ("self-signed" if settings.tls_self_signed else "off"),
+        "basic_auth_users": len(web_config.basic_auth_users),
+        "auth": settings.auth,
+    }
     return protection
 
 
