@@ -6,14 +6,19 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics
+from prometheus_client.samples import Sample
 
 from khan import logs
+from khan.metrics import exposition as exposition_module
 from khan.metrics.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, choose, render
 
 PROMETHEUS_ACCEPT = (
@@ -32,12 +37,61 @@ def registry() -> CollectorRegistry:
     return registry
 
 
-def test_both_formats_are_what_prometheus_client_renders(registry: CollectorRegistry) -> None:
-    exposition = render(registry)
+@pytest.mark.parametrize("fork", [True, False], ids=["in-a-child", "here"])
+def test_both_formats_are_what_prometheus_client_renders(registry: CollectorRegistry, fork: bool) -> None:
+    exposition = render(registry, fork=fork)
     assert exposition.text.body == generate_latest(registry)
     assert exposition.openmetrics.body == openmetrics.generate_latest(registry)  # type: ignore[no-untyped-call]
     assert gzip.decompress(exposition.text.gzipped) == exposition.text.body
     assert gzip.decompress(exposition.openmetrics.gzipped) == exposition.openmetrics.body
+
+
+def test_a_large_rendering_crosses_the_pipe_whole() -> None:
+    registry = CollectorRegistry(auto_describe=False)
+    gauge = Gauge("khan_example", "An example.", ["peer", "port"], registry=registry)
+    for index in range(20_000):  # ~1.3 MB of text: many pipe buffers' worth
+        gauge.labels(f"10.{index // 256 % 256}.{index % 256}.1", str(index)).set(index)
+    assert render(registry, fork=True).text.body == render(registry, fork=False).text.body
+
+
+def test_when_no_child_can_be_forked_the_agent_renders_itself(
+    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_fork() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")  # what fork says at a pid limit
+
+    monkeypatch.setattr(exposition_module.os, "fork", no_fork)
+    assert render(registry).text.body == generate_latest(registry)
+
+
+def test_a_child_that_dies_leaves_no_zombie_and_the_agent_renders_itself(registry: CollectorRegistry) -> None:
+    before = _children()
+    exposition = render(registry, collected_already=[_ExitsInChild(os.getpid())])
+    assert exposition.text.body.startswith(b"# HELP khan_example")
+    assert _children() == before
+
+
+class _ExitsInChild(Metric):
+    """A family that renders normally in the process that made it, and kills any forked child that renders it."""
+
+    def __init__(self, parent: int) -> None:
+        super().__init__("khan_child_check", "Renders only in its own process.", "gauge")
+        self._parent = parent
+        self.add_sample("khan_child_check", {}, 1.0)
+
+    @property  # type: ignore[override]
+    def samples(self) -> list[Sample]:
+        if os.getpid() != self._parent:
+            os._exit(3)
+        return self._samples
+
+    @samples.setter
+    def samples(self, value: list[Sample]) -> None:
+        self._samples = value
+
+
+def _children() -> set[str]:
+    return set(Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split())
 
 
 @pytest.mark.parametrize(
