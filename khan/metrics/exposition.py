@@ -4,6 +4,7 @@ so a scrape costs no rendering and no compression, whatever the number of series
 
 from __future__ import annotations
 
+import gc
 import gzip
 import os
 import select
@@ -115,6 +116,9 @@ def _render_in_child(collected: _Collected) -> Exposition:
         os.close(write_end)
         raise
     if pid == 0:  # the child: render, write, exit; never return into the agent's code
+        # A collection would write to every tracked object's header, copying most of the agent's heap into the
+        # child's memory; the child lives under a second and frees nothing anyway.
+        gc.disable()
         status = 1
         try:
             # Only the pipe stays open: a connection the agent closes meanwhile must close for its peer too.
