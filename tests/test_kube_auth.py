@@ -214,7 +214,10 @@ def test_a_flood_of_junk_tokens_does_not_starve_a_known_scraper(world: World) ->
     )
     assert scrapes.statuses == [200] * len(scrapes.statuses)
     assert scrapes.slowest_probe < 1.0
-    assert set(flood.answers) <= {401, 503}
+    # 0: a flood client's TLS handshake cut at its 2 s deadline while 60 clients saturate both cores; hostile
+    # clients may lose connections, the scraper above may not.
+    assert set(flood.answers) <= {0, 401, 503}
+    assert flood.answers[401] > 10 * flood.answers[0]
     assert reviews <= 60 + 5  # each junk token once (the flood lasts less than the 10 s it is remembered)
     cluster.pause_apiserver()
     try:
@@ -228,6 +231,7 @@ def test_a_flood_of_junk_tokens_does_not_starve_a_known_scraper(world: World) ->
     )
     assert scrapes.statuses == [200] * len(scrapes.statuses)
     assert scrapes.slowest_probe < 1.0
-    assert set(flood.answers) == {503}  # nothing let through, nothing queued for long
+    assert set(flood.answers) <= {0, 503}  # nothing let through, nothing queued for long (0: as above)
+    assert flood.answers[503] > 10 * flood.answers[0]
     assert flood.busy_headers["retry-after"] == ["1"]
     assert agent.process.poll() is None
