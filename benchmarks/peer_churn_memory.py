@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -63,6 +64,51 @@ def status_kib(pid: int, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise KeyError(field)
+
+
+def tree_pss_mib(pid: int) -> float:
+    """The agent's memory with its rendering child's, as the container's limit counts it: the sum of their
+    proportional set sizes (pages a child shares copy-on-write with the agent count once in all)."""
+    total_kib = 0
+    for member in (pid, *_children(pid)):
+        with contextlib.suppress(OSError):  # a child may be gone between the listing and the reading
+            for line in Path(f"/proc/{member}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total_kib += int(line.split()[1])
+    return total_kib / 1024
+
+
+def _children(pid: int) -> list[int]:
+    with contextlib.suppress(OSError):
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return []
+
+
+class PeakSampler:
+    """Samples tree_pss_mib every 50 ms in a thread; `take()` returns the peak since the previous take."""
+
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+        self._peak = 0.0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            sample = tree_pss_mib(self._pid)
+            with self._lock:
+                self._peak = max(self._peak, sample)
+
+    def take(self) -> float:
+        with self._lock:
+            peak, self._peak = self._peak, 0.0
+        return peak
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def scrape(netns: str) -> Metrics:
@@ -154,9 +200,14 @@ def main() -> None:
         with agent(netns, Path(tmp), args) as process:
             wait_for_poll_after(log, 0, 30)
             print(f"# {args.peers:,} new peers a poll, --interval {args.interval:g}, --max-series {args.max_series:,}")
-            print("| round | peers so far | poll s | table entries | tracked | label sets | VmRSS MiB | VmHWM MiB |")
-            print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+            print(
+                "| round | peers so far | poll s | table entries | tracked | label sets | VmRSS MiB | VmHWM MiB"
+                " | agent + child peak MiB |"
+            )
+            print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
             rss: list[float] = []
+            tree_peaks: list[float] = []
+            sampler = PeakSampler(process.pid)
             metrics: Metrics = {}
             for round_ in range(args.polls):
                 send_to_peers(netns, round_ * args.peers, args.peers)
@@ -164,11 +215,12 @@ def main() -> None:
                 metrics = scrape(netns)
                 rss.append(status_kib(process.pid, "VmRSS") / 1024)
                 label_sets = one(metrics, "khan_series_label_sets")
+                tree_peaks.append(sampler.take())
                 print(
                     f"| {round_ + 1} | {(round_ + 1) * args.peers:,} | {one(metrics, 'khan_poll_duration_seconds'):.1f}"
                     f" | {one(metrics, 'khan_conntrack_table_entries'):,.0f}"
                     f" | {one(metrics, 'khan_tracked_entries'):,.0f} | {label_sets:,.0f}"
-                    f" | {rss[-1]:.0f} | {status_kib(process.pid, 'VmHWM') / 1024:.0f} |",
+                    f" | {rss[-1]:.0f} | {status_kib(process.pid, 'VmHWM') / 1024:.0f} | {tree_peaks[-1]:.0f} |",
                     flush=True,
                 )
             sent = args.polls * args.peers
@@ -189,7 +241,9 @@ def main() -> None:
             if third:
                 middle, last = max(rss[third : 2 * third]), max(rss[2 * third :])
                 print(f"highest VmRSS, middle third of the rounds {middle:.0f} MiB, last third {last:.0f} MiB")
+            sampler.stop()
             print(f"peak (VmHWM) {status_kib(process.pid, 'VmHWM') / 1024:.0f} MiB")
+            print(f"peak of the agent and its rendering child together (PSS, every 50 ms) {max(tree_peaks):.0f} MiB")
 
 
 if __name__ == "__main__":
