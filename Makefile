@@ -48,11 +48,16 @@ test: deps lint apiserver
 
 # The floors are real: a fresh venv gets each direct dependency at its floor (uv's lowest-direct resolution, the
 # dev tools still pinned) and runs the tests that need no root marker, the API-server tests among them.
+# Root tests that exercise what the floors of aiohttp, kubernetes-asyncio, bcrypt and cryptography must hold up:
+# the server's limits, TLS and basic auth, and the reviews of --auth kubernetes against the real API server.
+FLOORS_ROOT_TESTS := tests/test_pipelining.py tests/test_web_protection.py tests/test_kube_auth.py
+
 test-floors: deps apiserver
 	$(BIN)/uv venv -q --clear --no-python-downloads --python $(BIN)/python $(FLOORS)
 	$(BIN)/uv pip install -q --python $(FLOORS)/bin/python --resolution lowest-direct -c $(CONSTRAINTS) -e '.[dev]'
 	$(BIN)/uv pip list --python $(FLOORS)/bin/python
 	$(FLOORS)/bin/python -m pytest -q -m 'not root'
+	$(FLOORS)/bin/python -m pytest -q $(FLOORS_ROOT_TESTS)
 
 demo: deps
 	$(BIN)/khan demo
