@@ -218,7 +218,10 @@ def test_a_flood_of_junk_tokens_does_not_starve_a_known_scraper(world: World) ->
     # clients may lose connections, the scraper above may not.
     assert set(flood.answers) <= {0, 401, 503}
     assert flood.answers[401] > 10 * flood.answers[0]
-    assert reviews <= 60 + 5  # each junk token once (the flood lasts less than the 10 s it is remembered)
+    # Each junk token is reviewed once per 10 s that its refusal is remembered (the flood lasts about that long,
+    # so some twice): a few dozen reviews for thousands of requests, never one per request.
+    assert reviews <= 2 * 60 + 5
+    assert reviews * 20 < sum(flood.answers.values())
     cluster.pause_apiserver()
     try:
         with flooding(agent, lambda client, sent: {"Authorization": f"Bearer junk-{client}-{sent}"}) as flood:
