@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import platform
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -101,22 +101,10 @@ def _counter_families(counters: CounterView) -> Iterator[Metric]:
         for labels, value in values.items():
             family.add_metric(labels, value)
         yield family
-    folded = gauge(f.SERIES_FOLDED)
-    for name, number in sorted(counters.folded.items()):
-        folded.add_metric([name], number)
-    yield folded
-    expired = counter(f.SERIES_EXPIRED)
-    for name, number in sorted(counters.expired.items()):
-        expired.add_metric([name], number)
-    yield expired
-    label_sets = gauge(f.SERIES_LABEL_SETS)
-    for name, number in sorted(counters.label_sets.items()):
-        label_sets.add_metric([name], number)
-    yield label_sets
-    forgotten = counter(f.SERIES_FORGOTTEN)
-    for name, number in sorted(counters.forgotten.items()):
-        forgotten.add_metric([name], number)
-    yield forgotten
+    yield _by_family(gauge(f.SERIES_FOLDED), counters.folded)
+    yield _by_family(counter(f.SERIES_EXPIRED), counters.expired)
+    yield _by_family(gauge(f.SERIES_LABEL_SETS), counters.label_sets)
+    yield _by_family(counter(f.SERIES_FORGOTTEN), counters.forgotten)
     yield gauge(f.TRACKED_ENTRIES, counters.tracked)
     yield counter(f.ENTRIES_VANISHED, counters.vanished)
     yield counter(f.TRACKED_ENTRIES_DROPPED, counters.dropped)
@@ -140,3 +128,10 @@ class KhanCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         return families(self._current(), self._events(), self._interval)
+
+
+def _by_family(metric: GaugeMetricFamily | CounterMetricFamily, numbers: Mapping[str, float]) -> Metric:
+    """One sample per counter family (its only label), in name order."""
+    for name, number in sorted(numbers.items()):
+        metric.add_metric([name], number)
+    return metric
