@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,28 +34,17 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from khan.conntrack.namespace import entered
-from khan.lab import private_prefix, table_namespace
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the traffic helper is the tests' own
 
-SOURCE = "10.76.0.1"  # the one local client address; every peer is a distinct destination
-PEER_PORT = 9
+from khan.conntrack.namespace import entered  # noqa: E402
+from khan.lab import private_prefix, table_namespace  # noqa: E402
+from tests.outside_peers import PEER_PORT, SOURCE, send_to_peers  # noqa: E402
+
 UDP_IP_HEADERS = 28  # IPv4 and UDP headers around each one-byte datagram
 PORT = 9986
 Metrics = dict[str, dict[tuple[tuple[str, str], ...], float]]  # family sample name -> labels -> value
 ISSUE_FIGURES = "225 -> 296 -> 340 -> 417 -> 459 -> 512 MiB"  # issue 12, before the bounds, 100,000 peers a poll
-
-
-def peer(n: int) -> str:
-    """The n-th distinct peer of 10.0.0.0/8 (10.1.0.1 onwards, 62,500 to a /16): 15 million before they repeat."""
-    return f"10.{n // 62_500 % 250 + 1}.{n // 250 % 250}.{n % 250 + 1}"
-
-
-def send_to_peers(netns: str, first: int, count: int) -> None:
-    """One datagram from SOURCE to each of `count` new peers: one new conntrack entry each."""
-    with entered(netns), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((SOURCE, 0))
-        for n in range(first, first + count):
-            sock.sendto(b"k", (peer(n), PEER_PORT))
 
 
 def status_kib(pid: int, field: str) -> int:

@@ -5,7 +5,6 @@ the last bytes of entries khan itself reports as vanished)."""
 
 from __future__ import annotations
 
-import socket
 import statistics
 import subprocess
 import time
@@ -14,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from khan.conntrack.namespace import entered
 from khan.lab import private_prefix, table_namespace
 from tests.exposition import samples, value
 from tests.kube_agent import RunningAgent
 from tests.lab_agent import file_agent, total
+from tests.outside_peers import SOURCE, send_to_peers
 
 pytestmark = pytest.mark.root
 
@@ -26,24 +25,12 @@ MAX_SERIES = 100
 PEERS_PER_POLL = 10_000
 POLLS = 16
 WARM_UP = 8  # polls before the allocator's arenas reach their working size
-SOURCE = "10.76.0.1"
 UDP_IP_HEADERS = 28  # IPv4 and UDP headers around each one-byte datagram
 FAMILIES = ("khan_connections_opened_total", "khan_flow_bytes_total")
 GROUPS = 10  # overflow series per family here: a handful of (type, transport, seen_from, direction) groups
 # Without the bounds the agent grew by 7-10 MiB a poll here (three label sets per peer, held for 15 minutes), some
 # 60 MiB over the polls after warm-up. With them the last polls stay within a few MiB of warm-up's highest.
 RSS_GROWTH_ALLOWED_MIB = 20
-
-
-def peer(n: int) -> str:
-    return f"10.{n // 62_500 % 250 + 1}.{n // 250 % 250}.{n % 250 + 1}"
-
-
-def send_to_peers(netns: str, first: int, count: int) -> None:
-    with entered(netns), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((SOURCE, 0))
-        for n in range(first, first + count):
-            sock.sendto(b"k", (peer(n), 9))
 
 
 def rss_mib(pid: int) -> float:
