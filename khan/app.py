@@ -10,13 +10,9 @@ import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 
 import structlog
 from prometheus_client import CollectorRegistry
-from prometheus_client.gc_collector import GCCollector
-from prometheus_client.platform_collector import PlatformCollector
-from prometheus_client.process_collector import ProcessCollector
 
 from khan.conntrack.events import EventReader, EventStats
 from khan.conntrack.namespace import NamespaceError, entered
@@ -27,18 +23,18 @@ from khan.counting.tracker import ConnectionTracker
 from khan.inventory.api_config import ApiConfigError
 from khan.inventory.from_file import InventoryError
 from khan.inventory.source import InventoryProvider, choose_inventory
-from khan.json_views import JsonViews, render_json_views
 from khan.logs import LoopExceptionHandler, RateLimiter
-from khan.metrics.collector import KhanCollector
 from khan.metrics.exposition import Exposition, render
-from khan.metrics.snapshot import Health, PollResult
+from khan.metrics.registry import build_registry
 from khan.metrics.watch_collector import WatchCollector
-from khan.poll import poll
-from khan.protection import Protection, ProtectionError, protection_for
-from khan.server import RunningServer, ServerLimits, connection_cap, raise_file_limit, request_cap, start_server
+from khan.polling.poll import poll
+from khan.polling.result import Health, PollResult
 from khan.settings import Settings
 from khan.shutdown import ExitDeadline
-from khan.web import Endpoints, make_app
+from khan.web.json_views import JsonViews, render_json_views
+from khan.web.protection import Protection, ProtectionError, protection_for
+from khan.web.routes import Endpoints, make_app
+from khan.web.server import RunningServer, ServerLimits, connection_cap, raise_file_limit, request_cap, start_server
 
 log = structlog.get_logger("khan.agent")
 
@@ -61,10 +57,9 @@ class Agent:
         self.health = Health()  # swapped, never mutated: scrapes read it without locks
         self.counting = Counting(settings.max_series, settings.counter_ttl_seconds)
         self.events: EventReader | None = None
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(KhanCollector(lambda: self.health, self._event_stats, settings.interval_seconds))
-        for extra in (ProcessCollector, PlatformCollector, GCCollector):
-            extra(registry=self.registry)
+        self.registry = build_registry(
+            lambda: self.health, self._event_stats, settings.interval_seconds, process_metrics=True
+        )
         # The watches' statistics change on the event loop: collected there (a few families), not in the
         # rendering thread.
         self.loop_registry = CollectorRegistry(auto_describe=False)
@@ -310,23 +305,16 @@ class Agent:
                 catch_up_events=self.events.catch_up if self.events is not None else None,
             )
         except (ConntrackError, NamespaceError) as exc:
-            self.health = replace(health, polls=health.polls + 1, poll_errors=health.poll_errors + 1)
+            self.health = health.after_failure()
             if (exc.errno in FATAL_ERRNOS or isinstance(exc, NamespaceError)) and health.last is None:
                 raise StartupError(str(exc.strerror or exc)) from exc
             self._warn("poll_failed", error=str(exc.strerror or exc), errno=exc.errno)
             return
         except Exception as exc:  # a bug must not stop the loop: count it, say it, keep serving
-            self.health = replace(health, polls=health.polls + 1, poll_errors=health.poll_errors + 1)
+            self.health = health.after_failure()
             log.exception("poll_crashed", error=repr(exc))
             return
-        self.health = replace(
-            health,
-            last=result,
-            polls=health.polls + 1,
-            entries_read=health.entries_read + result.entries,
-            entries_malformed=health.entries_malformed + result.malformed,
-            dumps_interrupted=health.dumps_interrupted + (1 if result.interrupted else 0),
-        )
+        self.health = health.after(result)
         accounting = result.table.accounting if result.table is not None else None
         if accounting is False and self._accounting is not False:
             log.warning(

@@ -14,9 +14,9 @@ import sys
 from collections.abc import Sequence
 
 from khan import __version__
+from khan.attribution.labels import AGGREGATES, LabelPolicy
+from khan.attribution.outside import OutsidePolicy
 from khan.logs import LEVELS
-from khan.metrics.labels import AGGREGATES, LabelPolicy
-from khan.metrics.outside import OutsidePolicy
 from khan.settings import DEFAULT_LISTEN, Settings
 
 # Room for every overflow group (src_type x dst_type x transport x seen_from ...) and then some.

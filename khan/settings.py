@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from khan.metrics.labels import LabelPolicy
+from khan.attribution.labels import LabelPolicy
 
 EventsMode = Literal["auto", "on", "off"]
 AuthMode = Literal["none", "kubernetes"]

@@ -6,13 +6,12 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from prometheus_client import CollectorRegistry, generate_latest
-
 from khan.inventory.index import Inventory
 from khan.inventory.source import FileInventory, choose_inventory
-from khan.metrics.collector import KhanCollector
-from khan.metrics.snapshot import Health
-from khan.poll import poll
+from khan.metrics.exposition import render_text
+from khan.metrics.registry import build_registry
+from khan.polling.poll import poll
+from khan.polling.result import Health
 from khan.settings import Settings
 
 
@@ -26,16 +25,8 @@ def run_snapshot(settings: Settings) -> None:
         policy=settings.labels,
         max_series=settings.max_series,
     )
-    health = Health(
-        last=result,
-        polls=1,
-        entries_read=result.entries,
-        entries_malformed=result.malformed,
-        dumps_interrupted=1 if result.interrupted else 0,
-    )
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(KhanCollector(lambda: health))
-    sys.stdout.buffer.write(generate_latest(registry))
+    health = Health().after(result)  # the same path as the agent's, for one poll
+    sys.stdout.buffer.write(render_text(build_registry(lambda: health)))
     sys.stdout.flush()
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from khan.lab import Lab, private_prefix
-from khan.metrics.families import CONNECTION_LABELS
+from khan.attribution.schema import CONNECTION_LABELS
 
 KHAN = [sys.executable, "-m", "khan"]
 

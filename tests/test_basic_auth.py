@@ -9,7 +9,7 @@ import time
 
 import bcrypt
 
-from khan.auth import BasicAuth, Decision, unknown_user_hash
+from khan.web.auth import BasicAuth, Decision, unknown_user_hash
 
 
 def credentials(user: str, password: str) -> str:

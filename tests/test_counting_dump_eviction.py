@@ -23,9 +23,9 @@ from khan.counting.counters import CounterView, Counting
 from khan.inventory.from_file import load_inventory
 from khan.inventory.index import Inventory
 from khan.lab import CLUSTER_IP, SERVICE_BACKEND, SERVICE_PORT, Lab, fill_udp_flows, private_prefix
-from khan.metrics import families as f
-from khan.metrics.snapshot import PollResult
-from khan.poll import poll
+from khan.attribution import schema
+from khan.polling.result import PollResult
+from khan.polling.poll import poll
 from tests.conntrack_recorder import Record, Recording, recording
 from tests.scripted_traffic import ScriptedServer, close, connect, exchange, scripted_server
 
@@ -107,10 +107,10 @@ def served(counters: CounterView) -> tuple[int, int, int]:
     """khan's counters of pod-a -> the ClusterIP service: (opened, bytes sent, bytes received)."""
     assert counters.flow_bytes is not None, "accounting is on in the lab's nodes"
     pair = {"src_ip": POD_A, "dst_ip": CLUSTER_IP, "dst_port": str(SERVICE_PORT), "transport": "tcp"}
-    opened = sum(value for labels, value in counters.opened.items() if _matches(f.PAIR_LABELS, labels, pair))
+    opened = sum(value for labels, value in counters.opened.items() if _matches(schema.PAIR_LABELS, labels, pair))
     sent = received = 0
     for labels, value in counters.flow_bytes.items():
-        if _matches(f.FLOW_BYTES_LABELS, labels, pair):
+        if _matches(schema.FLOW_BYTES_LABELS, labels, pair):
             if labels[-1] == "sent":
                 sent += value
             else:

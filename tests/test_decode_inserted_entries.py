@@ -8,7 +8,7 @@ import socket
 
 from khan.conntrack.decode import NO_TCP_STATE, Flow, decode_chunk
 from khan.inventory.index import build_inventory
-from khan.metrics.snapshot import attribute, count_flows
+from khan.attribution.connections import attribute, count_flows
 from tests.netlink_fixtures import recorded_buffers
 
 

@@ -15,7 +15,7 @@ from khan.counting.counters import CounterView
 from khan.inventory.watch_stats import WatchStats
 from khan.metrics import families
 from khan.metrics.collector import KhanCollector
-from khan.metrics.snapshot import Health, PollResult
+from khan.polling.result import Health, PollResult
 from khan.metrics.watch_collector import WatchCollector
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden" / "exposition.prom"
@@ -61,14 +61,14 @@ POLL = PollResult(
         transactions={
             ("node1", "shop", "web-svc", "10.244.1.11", "shop", "pod-b", "8080", "tcp"): 7,
         },
-        folded={"khan_connection": 0, "khan_connections_opened_total": 0},
-        expired={"khan_connections_opened_total": 2},
+        folded={"connection": 0, "opened": 0},
+        expired={"opened": 2},
         tracked=6,
         vanished=1,
         recovered=30,  # of the 40 events dropped: 30 NEW, 1 DESTROY, 9 unexplained -> at most 5 connections missed
         possibly_missed=5,
-        label_sets={"khan_connections_opened_total": 3, "khan_flow_bytes_total": 2},
-        forgotten={"khan_connections_opened_total": 1, "khan_flow_bytes_total": 0},
+        label_sets={"opened": 3, "flow_bytes": 2},
+        forgotten={"opened": 1, "flow_bytes": 0},
     ),
 )  # fmt: skip
 EVENTS = EventStats(new=9, destroy=3, malformed=0, overflows=1, dropped=40)

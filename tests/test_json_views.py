@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from khan.json_views import JsonList
+from khan.web.json_views import JsonList
 
 
 def test_every_prefix_is_the_json_of_the_first_records() -> None:

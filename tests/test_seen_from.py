@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from khan.inventory.index import build_inventory
-from khan.metrics.labels import Attributor, LabelPolicy
+from khan.attribution.labels import Attributor, LabelPolicy
 
 
 def pod(name: str, ip: str, node: str, owner: tuple[str, str] | None = None, **labels: str) -> dict[str, Any]:

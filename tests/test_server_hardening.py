@@ -21,7 +21,7 @@ pytestmark = pytest.mark.root
 
 CAP = 32
 SILENT_SOCKETS = 600
-ACCEPT_BATCH = 128  # khan.server.BACKLOG: sockets accepted in one go, before the cap sees them
+ACCEPT_BATCH = 128  # khan.web.server.BACKLOG: sockets accepted in one go, before the cap sees them
 
 
 @pytest.fixture(scope="module")

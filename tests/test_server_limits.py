@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from structlog.testing import capture_logs
 
-from khan.server import MIN_CONNECTIONS, PROBE_CONNECTIONS, request_cap
+from khan.web.server import MIN_CONNECTIONS, PROBE_CONNECTIONS, request_cap
 
 
 def test_a_request_cap_below_the_connection_cap_is_kept_without_a_word() -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from khan.lab import private_prefix, table_namespace
-from khan.web import MAX_FLOWS_LIMIT
+from khan.web.routes import MAX_FLOWS_LIMIT
 from tests.exposition import value
 from tests.serving_load import (
     SERIES,

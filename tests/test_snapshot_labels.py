@@ -6,7 +6,7 @@ import socket
 
 from khan.conntrack.decode import IPS_ASSURED, IPS_SEEN_REPLY, NO_TCP_STATE, Flow
 from khan.inventory.index import build_inventory
-from khan.metrics.snapshot import attribute, count_flows, state_name, transport_name
+from khan.attribution.connections import attribute, count_flows, state_name, transport_name
 
 INVENTORY = build_inventory(
     [

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from khan.auth import REVIEWS_AT_ONCE, Decision, KubernetesAuth
-from khan.web_config import WebConfigError, load_web_config, parse_web_config
+from khan.web.auth import REVIEWS_AT_ONCE, Decision, KubernetesAuth
+from khan.web.web_config import WebConfigError, load_web_config, parse_web_config
 
 HASH = "$2b$10$" + "a" * 53
 

@@ -6,21 +6,36 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Literal
 
-from khan.counting.folding import Folding, Labels
+from khan.attribution.connections import attribute_pairs, attribute_transactions
+from khan.attribution.labels import Attributor, address_text
+from khan.attribution.schema import (
+    CONNECTION_LABELS,
+    FLOW_BYTES_LABELS,
+    PAIR_LABELS,
+    TRANSACTION_LABELS,
+    Labels,
+    pair_of,
+)
+from khan.counting.folding import Folding
 from khan.counting.store import CounterStore
 from khan.counting.tracker import ConnectionTracker, HeavyFlow
-from khan.metrics import families as f
-from khan.metrics.labels import Attributor, address_text
-from khan.metrics.snapshot import attribute_pairs, attribute_transactions, pair_of
 
 # What an overflow series keeps of each family (--max-series).
-CONNECTION_FOLDING = Folding(f.CONNECTION_LABELS, ("node", "src_type", "dst_type", "transport", "state", "seen_from"))
-OPENED_FOLDING = Folding(f.PAIR_LABELS, ("node", "src_type", "dst_type", "transport", "seen_from"))
-BYTES_FOLDING = Folding(f.FLOW_BYTES_LABELS, ("node", "src_type", "dst_type", "transport", "seen_from", "direction"))
-TRANSACTIONS_FOLDING = Folding(f.TRANSACTION_LABELS, ("node", "transport"))
+CONNECTION_FOLDING = Folding(CONNECTION_LABELS, ("node", "src_type", "dst_type", "transport", "state", "seen_from"))
+OPENED_FOLDING = Folding(PAIR_LABELS, ("node", "src_type", "dst_type", "transport", "seen_from"))
+BYTES_FOLDING = Folding(FLOW_BYTES_LABELS, ("node", "src_type", "dst_type", "transport", "seen_from", "direction"))
+TRANSACTIONS_FOLDING = Folding(TRANSACTION_LABELS, ("node", "transport"))
 _ENDPOINT_FOLDING = Folding(("service_id", "endpoint_ip"), ())
 ENDPOINTS_KEPT = 100_000  # /transactions: (service, endpoint) pairs remembered; a cluster has fewer endpoints
+
+# The families a CounterView's per-family numbers are keyed by; the metrics name them.
+Family = Literal["connection", "opened", "flow_bytes", "transactions"]
+CONNECTION: Family = "connection"
+OPENED: Family = "opened"
+FLOW_BYTES: Family = "flow_bytes"
+TRANSACTIONS: Family = "transactions"
 
 
 @dataclass(frozen=True)
@@ -32,14 +47,14 @@ class CounterView:
     transactions: Mapping[Labels, int] = field(default_factory=dict)
     endpoints: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # service ns/name -> endpoint ip
     heaviest: tuple[HeavyFlow, ...] = ()
-    folded: Mapping[str, int] = field(default_factory=dict)  # family name -> label sets folded
-    expired: Mapping[str, int] = field(default_factory=dict)  # family name -> series expired since start
+    folded: Mapping[Family, int] = field(default_factory=dict)  # family -> label sets folded
+    expired: Mapping[Family, int] = field(default_factory=dict)  # family -> series expired since start
     tracked: int = 0
     vanished: int = 0
     recovered: int = 0
     possibly_missed: int | None = 0  # None: the kernel's count of dropped events is unknown, so is the bound
-    label_sets: Mapping[str, int] = field(default_factory=dict)  # family name -> label sets held (memory's bound)
-    forgotten: Mapping[str, int] = field(default_factory=dict)  # family name -> folded label sets forgotten
+    label_sets: Mapping[Family, int] = field(default_factory=dict)  # family -> label sets held (memory's bound)
+    forgotten: Mapping[Family, int] = field(default_factory=dict)  # family -> folded label sets forgotten
     dropped: int = 0  # tracker records dropped to stay within the table's limit
 
 
@@ -80,21 +95,17 @@ class Counting:
                 amounts.clear()
         for labels, amount in attribute_transactions(deltas.transactions, names).items():
             self.transactions.add(labels, amount, now)
-        for (_, service, _, endpoint, _), amount in deltas.transactions.items():
-            owner = names.owner(service)
+        for key, amount in deltas.transactions.items():
+            owner = names.owner(key.service)
             if owner.type == "service":
-                self._endpoints.add((f"{owner.ns}/{owner.name}", address_text(endpoint)), amount, now)
+                self._endpoints.add((f"{owner.ns}/{owner.name}", address_text(key.endpoint)), amount, now)
 
         for connection in connections:
             pair = pair_of(connection)
             self.opened.touch(pair, now)
             self.flow_bytes.touch((*pair, "sent"), now)
             self.flow_bytes.touch((*pair, "received"), now)
-        stores = {
-            f.OPENED.name: self.opened,
-            f.FLOW_BYTES.name: self.flow_bytes,
-            f.TRANSACTIONS.name: self.transactions,
-        }
+        stores = {OPENED: self.opened, FLOW_BYTES: self.flow_bytes, TRANSACTIONS: self.transactions}
         for store in (*stores.values(), self._endpoints):
             store.maintain(now)
 
@@ -109,7 +120,7 @@ class Counting:
             endpoints=MappingProxyType(endpoints),
             heaviest=tuple(tracker.heaviest),
             folded=MappingProxyType(
-                {f.CONNECTION.name: connections_folded} | {name: store.folded for name, store in stores.items()}
+                {CONNECTION: connections_folded} | {name: store.folded for name, store in stores.items()}
             ),
             expired=MappingProxyType({name: store.expired for name, store in stores.items()}),
             tracked=len(tracker),

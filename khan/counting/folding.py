@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-Labels = tuple[str, ...]
+from khan.attribution.schema import Labels
 
 OVERFLOW = "(overflow)"  # parentheses never occur in a Kubernetes name, so no real series can look like this
 

@@ -24,7 +24,8 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from khan.counting.folding import Folding, Labels
+from khan.attribution.schema import Labels
+from khan.counting.folding import Folding
 
 
 class CounterStore:

@@ -29,14 +29,10 @@ from dataclasses import dataclass, field
 from operator import attrgetter, itemgetter
 from typing import NamedTuple
 
+from khan.attribution.raw_keys import PairKey, TransactionKey
 from khan.conntrack.decode import Flow
 from khan.conntrack.events import Event
 
-# What a counter series is made from: protocol, original source and destination, destination port, and the
-# endpoint that answered (the reply's source: the destination itself unless it was translated).
-PairKey = tuple[int, bytes, bytes, int, bytes]
-# A translated destination: protocol, the address and port asked for (the service), the endpoint and its port.
-TransactionKey = tuple[int, bytes, int, bytes, int]
 # A live entry: the counters at the last look, and the unix second khan first saw it.
 Record = tuple[int, int, int]
 
@@ -236,7 +232,7 @@ class ConnectionTracker:
                 else:
                     pob, prb, first = seen
                     dumping[ident] = (ob, rb, first)
-                    pair = (flow.proto, flow.src, flow.dst, flow.dport, flow.reply_src)
+                    pair = PairKey(flow.proto, flow.src, flow.dst, flow.dport, flow.reply_src)
                     if ob != pob:
                         sent[pair] = sent.get(pair, 0) + ob - pob
                     if rb != prb:
@@ -362,16 +358,18 @@ class ConnectionTracker:
 
     def _count_new(self, flow: Flow, orig_bytes: int, reply_bytes: int) -> None:
         deltas = self._deltas
-        pair = (flow.proto, flow.src, flow.dst, flow.dport, flow.reply_src)
+        pair = PairKey(flow.proto, flow.src, flow.dst, flow.dport, flow.reply_src)
         deltas.opened[pair] = deltas.opened.get(pair, 0) + 1
         if flow.reply_src != flow.dst or flow.reply_sport != flow.dport:  # the destination was translated
-            key = (flow.proto, flow.dst, flow.dport, flow.reply_src, flow.reply_sport)
+            key = TransactionKey(flow.proto, flow.dst, flow.dport, flow.reply_src, flow.reply_sport)
             deltas.transactions[key] = deltas.transactions.get(key, 0) + 1
         if orig_bytes or reply_bytes:
             self._add_pair_bytes(pair, orig_bytes, reply_bytes)
 
     def _add_bytes(self, flow: Flow, orig_bytes: int, reply_bytes: int) -> None:
-        self._add_pair_bytes((flow.proto, flow.src, flow.dst, flow.dport, flow.reply_src), orig_bytes, reply_bytes)
+        self._add_pair_bytes(
+            PairKey(flow.proto, flow.src, flow.dst, flow.dport, flow.reply_src), orig_bytes, reply_bytes
+        )
 
     def _add_pair_bytes(self, pair: PairKey, orig_bytes: int, reply_bytes: int) -> None:
         """One key tuple for a pair's opening and bytes: with every peer new, a poll holds one per entry."""

@@ -15,9 +15,18 @@ from prometheus_client.registry import Collector
 
 from khan import __version__
 from khan.conntrack.events import EventStats
-from khan.counting.counters import CounterView
+from khan.counting import counters
+from khan.counting.counters import CounterView, Family
 from khan.metrics import families as f
-from khan.metrics.snapshot import Health
+from khan.polling.result import Health
+
+# The family each of the counting's per-family numbers is about.
+FAMILY_SPECS: Mapping[Family, f.MetricSpec] = {
+    counters.CONNECTION: f.CONNECTION,
+    counters.OPENED: f.OPENED,
+    counters.FLOW_BYTES: f.FLOW_BYTES,
+    counters.TRANSACTIONS: f.TRANSACTIONS,
+}
 
 
 def gauge(spec: f.MetricSpec, value: float | None = None) -> GaugeMetricFamily:
@@ -130,8 +139,8 @@ class KhanCollector(Collector):
         return families(self._current(), self._events(), self._interval)
 
 
-def _by_family(metric: GaugeMetricFamily | CounterMetricFamily, numbers: Mapping[str, float]) -> Metric:
-    """One sample per counter family (its only label), in name order."""
-    for name, number in sorted(numbers.items()):
+def _by_family(metric: GaugeMetricFamily | CounterMetricFamily, numbers: Mapping[Family, float]) -> Metric:
+    """One sample per family (its only label: the family's name), in name order."""
+    for name, number in sorted((FAMILY_SPECS[family].name, number) for family, number in numbers.items()):
         metric.add_metric([name], number)
     return metric

@@ -97,6 +97,11 @@ def render(registry: Collector, collected_already: Iterable[Metric] = (), fork: 
     return _render(collected)
 
 
+def render_text(registry: Collector) -> bytes:
+    """The text format alone, in this process: `khan snapshot`'s one rendering."""
+    return generate_latest(registry)
+
+
 def _render(collected: _Collected) -> Exposition:
     text = generate_latest(collected)  # any object with collect() will do
     om: bytes = openmetrics.generate_latest(collected)  # type: ignore[no-untyped-call]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal, NamedTuple
 
+from khan.attribution.schema import CONNECTION_LABELS, FLOW_BYTES_LABELS, PAIR_LABELS, TRANSACTION_LABELS
+
 
 class MetricSpec(NamedTuple):
     name: str  # as exposed, counters with their _total suffix
@@ -11,37 +13,6 @@ class MetricSpec(NamedTuple):
     help: str
     labels: tuple[str, ...] = ()
 
-
-CONNECTION_LABELS = (
-    "node",
-    "src_type",
-    "src_ip",
-    "src_ns",
-    "src_app",
-    "src_name",
-    "dst_type",
-    "dst_ip",
-    "dst_ns",
-    "dst_app",
-    "dst_name",
-    "dst_port",
-    "transport",
-    "state",
-    "seen_from",
-)
-# The counters' pair: khan_connection's labels without `state`, which changes during a connection's life.
-PAIR_LABELS = tuple(name for name in CONNECTION_LABELS if name != "state")
-FLOW_BYTES_LABELS = (*PAIR_LABELS, "direction")
-TRANSACTION_LABELS = (
-    "node",
-    "service_ns",
-    "service_name",
-    "endpoint_ip",
-    "endpoint_ns",
-    "endpoint_name",
-    "endpoint_port",
-    "transport",
-)
 
 CONNECTION = MetricSpec(
     "khan_connection",

@@ -1,7 +1,7 @@
 """One poll: dump the table (retrying an interrupted dump), count, read table statistics, attribute.
 
-This is the only place that joins the conntrack reader to the snapshot code; it runs in a worker thread in the
-agent and directly in `khan snapshot`.
+This is the only place that joins the conntrack reader to attribution and counting; it runs in a worker thread
+in the agent and directly in `khan snapshot`.
 """
 
 from __future__ import annotations
@@ -11,14 +11,16 @@ from collections.abc import Callable
 
 import structlog
 
+from khan.attribution.connections import attribute_connections, count_flows
+from khan.attribution.labels import DEFAULT_POLICY, Attributor, LabelPolicy
+from khan.attribution.raw_keys import RawKey
 from khan.conntrack.namespace import entered
 from khan.conntrack.netlink import DumpStats, dump_flows
 from khan.conntrack.table import TableStats, read_table_stats
 from khan.counting.counters import CONNECTION_FOLDING, Counting
 from khan.counting.folding import fold_gauge
 from khan.inventory.index import Inventory
-from khan.metrics.labels import DEFAULT_POLICY, Attributor, LabelPolicy
-from khan.metrics.snapshot import PollResult, RawKey, attribute_connections, count_flows
+from khan.polling.result import PollResult
 
 log = structlog.get_logger("khan.poll")
 

@@ -12,11 +12,11 @@ from typing import Any
 
 import structlog
 
-from khan.auth import BasicAuth, KubernetesAuth, auth_middleware
 from khan.inventory.api_config import ApiConfigError, find_api_config
 from khan.settings import Settings
-from khan.tls import ReloadingTls, TlsError, self_signed
-from khan.web_config import WebConfig, WebConfigError, load_web_config
+from khan.web.auth import BasicAuth, KubernetesAuth, auth_middleware
+from khan.web.tls import ReloadingTls, TlsError, self_signed
+from khan.web.web_config import WebConfig, WebConfigError, load_web_config
 
 log = structlog.get_logger("khan.protection")
 

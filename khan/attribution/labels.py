@@ -9,11 +9,11 @@ from __future__ import annotations
 import hashlib
 import socket
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, NamedTuple
 
+from khan.attribution.outside import OutsidePolicy
 from khan.inventory.index import Inventory
 from khan.inventory.objects import Owner
-from khan.metrics.outside import OutsidePolicy
 
 Aggregate = Literal["pod", "workload"]
 AGGREGATES: tuple[Aggregate, ...] = ("pod", "workload")
@@ -30,7 +30,16 @@ _HOSTED_TYPES = frozenset({"pod", "node", "network", "gateway"})
 _LOOPBACK4 = b"\x7f"
 _LOOPBACK6 = bytes(15) + b"\x01"
 
-End = tuple[str, str, str, str, str]  # type, ip, ns, app, name
+
+class End(NamedTuple):
+    """The five label values naming one end of a connection (src_* or dst_*)."""
+
+    type: str
+    ip: str
+    ns: str
+    app: str
+    name: str
+
 
 # The longest label value taken from an object, in UTF-8 bytes (what Prometheus's label_value_length_limit counts;
 # one longer value fails the node's whole scrape). 253 is the longest name Kubernetes allows (a DNS subdomain), so
@@ -110,7 +119,7 @@ class Attributor:
                 ip, name = "", owner.workload_name or owner.name
             elif owner.type == "external" and not self.policy.outside.keep_ips:
                 ip = ""
-            end = (owner.type, ip, owner.ns, owner.app, name)
+            end = End(owner.type, ip, owner.ns, owner.app, name)
             self._ends[packed] = end
         return end
 

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import structlog
 
-from khan.web_config import TlsServerConfig
+from khan.web.web_config import TlsServerConfig
 
 log = structlog.get_logger("khan.tls")
 

@@ -1,0 +1,125 @@
+"""Pure: decoded flows + inventory -> labelled connections, and the tracker's raw deltas -> counter label sets.
+
+Flows are first counted by the few raw fields a label needs (protocol, addresses, destination port, state
+bits), so the per-entry work is one tuple and one dict update; attribution then runs once per distinct key,
+not once per entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+
+from khan.attribution.labels import DEFAULT_POLICY, Attributor, LabelPolicy, address_text
+from khan.attribution.raw_keys import PairKey, RawKey, TransactionKey, raw_key_of
+from khan.attribution.schema import ConnectionLabels, Labels, TransactionLabels, pair_of
+from khan.conntrack.decode import (
+    IPPROTO_TCP,
+    IPS_ASSURED,
+    IPS_SEEN_REPLY,
+    NO_TCP_STATE,
+    TCP_STATE_NAMES,
+    Flow,
+)
+from khan.inventory.index import Inventory
+
+TRANSPORT_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
+PORTED_PROTOCOLS = frozenset({6, 17, 33, 132, 136})  # tcp, udp, dccp, sctp, udplite: the tuple has ports
+
+
+def count_flows(batches: Iterable[Iterable[Flow]], counts: dict[RawKey, int] | None = None) -> dict[RawKey, int]:
+    """Count entries by raw key. This runs once per conntrack entry: keep it to one tuple and one dict update.
+    The keys are plain tuples in RawKey's field order (building the record itself would double the cost)."""
+    if counts is None:
+        counts = {}
+    get = counts.get
+    key_of = raw_key_of
+    for batch in batches:
+        for flow in batch:
+            key = key_of(flow)
+            counts[key] = get(key, 0) + 1
+    return counts
+
+
+def state_name(proto: int, tcp_state: int, status: int) -> str:
+    """TCP: the conntrack state as `conntrack -L` prints it. Others: whether a reply was seen, and assurance."""
+    if proto == IPPROTO_TCP:
+        if 0 <= tcp_state < len(TCP_STATE_NAMES):
+            return TCP_STATE_NAMES[tcp_state]
+        return "NONE" if tcp_state == NO_TCP_STATE else str(tcp_state)
+    if not status & IPS_SEEN_REPLY:
+        return "UNREPLIED"
+    return "ASSURED" if status & IPS_ASSURED else "REPLIED"
+
+
+def transport_name(proto: int) -> str:
+    return TRANSPORT_NAMES.get(proto) or str(proto)
+
+
+def port_text(proto: int, port: int) -> str:
+    return str(port) if proto in PORTED_PROTOCOLS else ""
+
+
+def attribute(
+    counts: Mapping[RawKey, int], inventory: Inventory, node: str, policy: LabelPolicy = DEFAULT_POLICY
+) -> dict[Labels, int]:
+    """Raw counts -> khan_connection series. Keys that differ only in what the labels drop are summed."""
+    return attribute_connections(counts, Attributor(inventory, node, policy))
+
+
+def connection_labels(
+    names: Attributor, proto: int, src: bytes, dst: bytes, dport: int, endpoint: bytes, state: str
+) -> ConnectionLabels:
+    """The one place a khan_connection label set is built; the counters' pairs are cut from it."""
+    return ConnectionLabels(
+        names.node,
+        *names.end(src),
+        *names.end(dst),
+        port_text(proto, dport),
+        transport_name(proto),
+        state,
+        names.seen_from(src, dst, endpoint),
+    )
+
+
+def attribute_connections(counts: Mapping[RawKey, int], names: Attributor) -> dict[Labels, int]:
+    """Raw counts -> khan_connection series, keyed by ConnectionLabels."""
+    series: dict[Labels, int] = {}
+    get = series.get
+    for key, count in counts.items():
+        proto, src, dst, dport, tcp_state, status, endpoint = key  # a RawKey-shaped tuple, see count_flows
+        labels = connection_labels(names, proto, src, dst, dport, endpoint, state_name(proto, tcp_state, status))
+        series[labels] = get(labels, 0) + count
+    return series
+
+
+def attribute_pairs(amounts: Mapping[PairKey, int], names: Attributor) -> Iterator[tuple[Labels, int]]:
+    """Raw pair deltas -> counter series (PAIR_LABELS): khan_connection's labels without `state`. One item per raw
+    key, unsummed (a counter adds them up): with every peer new, a summed copy would hold one label set per table
+    entry."""
+    for key, amount in amounts.items():
+        labels = connection_labels(names, key.proto, key.src, key.dst, key.dport, key.reply_src, "")
+        yield pair_of(labels), amount
+
+
+def attribute_transactions(amounts: Mapping[TransactionKey, int], names: Attributor) -> dict[TransactionLabels, int]:
+    """Raw transaction deltas -> khan_service_transactions_total series."""
+    series: dict[TransactionLabels, int] = {}
+    for key, amount in amounts.items():
+        service = names.owner(key.service)
+        if service.type == "service":
+            service_ns, service_name = service.ns, service.name
+        else:  # a translation khan cannot name (a NodePort, a hand-made DNAT): the address asked for
+            service_ns, service_name = "", address_text(key.service)
+        endpoint = names.end(key.endpoint)
+        labels = TransactionLabels(
+            node=names.node,
+            service_ns=service_ns,
+            service_name=service_name,
+            endpoint_ip=endpoint.ip,
+            endpoint_ns=endpoint.ns,
+            endpoint_name=endpoint.name,
+            endpoint_port=port_text(key.proto, key.endpoint_port),
+            transport=transport_name(key.proto),
+        )
+        series[labels] = series.get(labels, 0) + amount
+    return series

@@ -1,0 +1,59 @@
+"""What one poll produced, and the totals since start-up: the records the metrics and the JSON views read."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+
+from khan.attribution.schema import Labels
+from khan.conntrack.table import TableStats
+from khan.counting.counters import CounterView
+
+
+@dataclass(frozen=True)
+class PollResult:
+    """One successful poll, as the collector reads it. Never mutated: each poll swaps in a new one."""
+
+    node: str
+    connections: Mapping[Labels, int]  # ConnectionLabels, and tuples for the overflow series
+    entries: int  # entries read and counted; equals the sum of `connections`
+    malformed: int
+    interrupted: bool  # the kernel flagged every attempt's dump as inconsistent; this one was kept anyway
+    duration_seconds: float
+    finished_at: float  # unix time
+    table: TableStats | None
+    inventory_objects: Mapping[str, int] = field(default_factory=dict)
+    inventory_addresses: int = 0
+    counters: CounterView | None = None  # None where nothing is counted (khan snapshot)
+
+    @staticmethod
+    def freeze(connections: dict[Labels, int]) -> Mapping[Labels, int]:
+        return MappingProxyType(connections)
+
+
+@dataclass(frozen=True)
+class Health:
+    """Totals since start-up and the last good poll; replaced, never mutated, after every poll."""
+
+    last: PollResult | None = None
+    polls: int = 0
+    poll_errors: int = 0
+    entries_read: int = 0
+    entries_malformed: int = 0
+    dumps_interrupted: int = 0
+
+    def after(self, result: PollResult) -> Health:
+        """The health once `result` is in: it becomes the last poll, and its numbers join the totals."""
+        return replace(
+            self,
+            last=result,
+            polls=self.polls + 1,
+            entries_read=self.entries_read + result.entries,
+            entries_malformed=self.entries_malformed + result.malformed,
+            dumps_interrupted=self.dumps_interrupted + (1 if result.interrupted else 0),
+        )
+
+    def after_failure(self) -> Health:
+        """The health once a poll failed: the last good poll stays served."""
+        return replace(self, polls=self.polls + 1, poll_errors=self.poll_errors + 1)
