@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import khan
+from khan.attribution.labels import LabelPolicy
 from khan.conntrack.events import EventReader
 from khan.counting.counters import Counting
 from khan.inventory.index import Inventory, build_inventory
 from khan.lab import FILL_DESTINATIONS, FILL_PORTS, FILL_SOURCES, fill_udp_flows, table_namespace
-from khan.attribution.labels import LabelPolicy
 from khan.polling.poll import poll
 
 FLOWS = 262_144

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from khan.lab import Lab, private_prefix
 from khan.attribution.schema import CONNECTION_LABELS
+from khan.lab import Lab, private_prefix
 
 KHAN = [sys.executable, "-m", "khan"]
 

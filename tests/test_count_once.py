@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from khan.lab import CLUSTER_IP, SERVICE_PORT, Lab, private_prefix
 from khan.attribution.labels import COUNT_ONCE
+from khan.lab import CLUSTER_IP, SERVICE_PORT, Lab, private_prefix
 from tests.exposition import samples
 from tests.kube_agent import RunningAgent
 from tests.lab_agent import file_agent, total

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from khan.attribution import schema
 from khan.conntrack.events import EventReader
 from khan.counting.counters import CounterView, Counting
 from khan.inventory.from_file import load_inventory
 from khan.inventory.index import Inventory
 from khan.lab import CLUSTER_IP, SERVICE_BACKEND, SERVICE_PORT, Lab, fill_udp_flows, private_prefix
-from khan.attribution import schema
-from khan.polling.result import PollResult
 from khan.polling.poll import poll
+from khan.polling.result import PollResult
 from tests.conntrack_recorder import Record, Recording, recording
 from tests.scripted_traffic import ScriptedServer, close, connect, exchange, scripted_server
 

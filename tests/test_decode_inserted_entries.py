@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import socket
 
+from khan.attribution.connections import attribute, count_flows
 from khan.conntrack.decode import NO_TCP_STATE, Flow, decode_chunk
 from khan.inventory.index import build_inventory
-from khan.attribution.connections import attribute, count_flows
 from tests.netlink_fixtures import recorded_buffers
 
 

@@ -15,8 +15,8 @@ from khan.counting.counters import CounterView
 from khan.inventory.watch_stats import WatchStats
 from khan.metrics import families
 from khan.metrics.collector import KhanCollector
-from khan.polling.result import Health, PollResult
 from khan.metrics.watch_collector import WatchCollector
+from khan.polling.result import Health, PollResult
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden" / "exposition.prom"
 

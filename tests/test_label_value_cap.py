@@ -7,8 +7,8 @@ import re
 import socket
 from typing import Any
 
-from khan.inventory.index import build_inventory
 from khan.attribution.labels import MAX_LABEL_VALUE_BYTES, Attributor, LabelPolicy, capped
+from khan.inventory.index import build_inventory
 
 CUT = re.compile(r"~[0-9a-f]{8}$")
 LONG_NAME = "x" * 300

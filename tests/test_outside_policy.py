@@ -7,10 +7,10 @@ import socket
 
 import pytest
 
-from khan.inventory.objects import EXTERNAL, Owner
+from khan.attribution.connections import attribute, count_flows
 from khan.attribution.labels import LabelPolicy
 from khan.attribution.outside import OutsidePolicy
-from khan.attribution.connections import attribute, count_flows
+from khan.inventory.objects import EXTERNAL, Owner
 from tests.exposition import khan
 from tests.test_snapshot_labels import ESTABLISHED, INVENTORY, POD, flow
 

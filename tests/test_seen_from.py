@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from khan.inventory.index import build_inventory
 from khan.attribution.labels import Attributor, LabelPolicy
+from khan.inventory.index import build_inventory
 
 
 def pod(name: str, ip: str, node: str, owner: tuple[str, str] | None = None, **labels: str) -> dict[str, Any]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import socket
 
+from khan.attribution.connections import attribute, count_flows, state_name, transport_name
 from khan.conntrack.decode import IPS_ASSURED, IPS_SEEN_REPLY, NO_TCP_STATE, Flow
 from khan.inventory.index import build_inventory
-from khan.attribution.connections import attribute, count_flows, state_name, transport_name
 
 INVENTORY = build_inventory(
     [
