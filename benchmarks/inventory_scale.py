@@ -27,12 +27,12 @@ from typing import Any
 
 import aiohttp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.kube_cluster
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support.kube_cluster
 
 from khan.conntrack.namespace import entered
 from khan.inventory.api_config import ApiConfig
 from khan.lab import table_namespace
-from tests.kube_cluster import ADMIN, KHAN_USER, Cluster, object_path, running_cluster
+from tests.support.kube_cluster import ADMIN, KHAN_USER, Cluster, object_path, running_cluster
 
 PODS, SERVICES, NODES = 50_000, 5_000, 1_000
 RUNS = 3

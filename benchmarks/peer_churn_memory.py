@@ -11,7 +11,7 @@ poll finding 100,000 of them new: the worst case for the tracker and for a poll'
 At the end it compares the sums of khan_connections_opened_total and khan_flow_bytes_total over every series
 (overflow included) with what was sent: bounds fold, they never drop. On a full table the kernel itself evicts
 entries (early_drop) and drops events, so a few may go uncounted there; khan's loss metrics (printed) say how
-were lost. tests/test_memory_bounds.py checks exact totals on a table that is never full.
+were lost. tests/e2e/test_memory_bounds.py checks exact totals on a table that is never full.
 
 Run as root: `python benchmarks/peer_churn_memory.py [--peers 100000] [--polls 15] [--interval 5]`.
 """
@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))  # the traffic helper is the tests' own
 
 from khan.conntrack.namespace import entered  # noqa: E402
 from khan.lab import private_prefix, table_namespace  # noqa: E402
-from tests.outside_peers import PEER_PORT, SOURCE, send_to_peers  # noqa: E402
+from tests.support.outside_peers import PEER_PORT, SOURCE, send_to_peers  # noqa: E402
 
 UDP_IP_HEADERS = 28  # IPv4 and UDP headers around each one-byte datagram
 PORT = 9986

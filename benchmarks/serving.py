@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the load helpers are the tests' own
 
 from khan.lab import private_prefix, table_namespace  # noqa: E402
-from tests.serving_load import (  # noqa: E402
+from tests.support.serving_load import (  # noqa: E402
     SERIES,
     agent,
     fill_distinct_series,

@@ -8,7 +8,7 @@ entry of that shape costs one unpack, one comparison and one tuple; anything els
 
 No byte is trusted: every walk, over messages or attributes, stops at a length below its header or past its
 container and steps forward by 4 bytes or more, so no input can stall it; a bad entry is counted as malformed
-(tests/test_decode_fuzz.py feeds it mutations of recorded dumps).
+(tests/unit/test_decode_fuzz.py feeds it mutations of recorded dumps).
 
 Layout reference: include/uapi/linux/netfilter/nfnetlink_conntrack.h and ctnetlink_fill_info() in the kernel.
 """

@@ -1,0 +1,1 @@
+"""What the tests and benchmarks share: the lab's agents, traffic, servers and recorded input."""
