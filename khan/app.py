@@ -12,7 +12,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import structlog
-from prometheus_client import CollectorRegistry
 
 from khan.conntrack.events import EventReader, EventStats
 from khan.conntrack.namespace import NamespaceError, entered
@@ -25,8 +24,7 @@ from khan.inventory.from_file import InventoryError
 from khan.inventory.source import InventoryProvider, choose_inventory
 from khan.logs import LoopExceptionHandler, RateLimiter
 from khan.metrics.exposition import Exposition, render
-from khan.metrics.registry import build_registry
-from khan.metrics.watch_collector import WatchCollector
+from khan.metrics.registry import build_registry, build_watch_registry
 from khan.polling.poll import poll
 from khan.polling.result import Health, PollResult
 from khan.settings import Settings
@@ -60,12 +58,7 @@ class Agent:
         self.registry = build_registry(
             lambda: self.health, self._event_stats, settings.interval_seconds, process_metrics=True
         )
-        # The watches' statistics change on the event loop: collected there (a few families), not in the
-        # rendering thread.
-        self.loop_registry = CollectorRegistry(auto_describe=False)
-        watch_stats = self.inventory.watch_stats()
-        if watch_stats is not None:  # the API inventory reports on its watches
-            self.loop_registry.register(WatchCollector(watch_stats, self.inventory.deleted_pods))
+        self.loop_registry = build_watch_registry(self.inventory.watch_stats(), self.inventory.deleted_pods)
         # /metrics serves this: rendered after every poll in its own thread (never the poll's, never the loop).
         self.exposition: Exposition | None = None
         # /transactions and /flows, and the poll they show (encoded on demand, see _json_views)

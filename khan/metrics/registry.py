@@ -12,7 +12,9 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from khan.conntrack.events import EventStats
+from khan.inventory.watch_stats import WatchStats
 from khan.metrics.collector import KhanCollector
+from khan.metrics.watch_collector import WatchCollector
 from khan.polling.result import Health
 
 
@@ -28,4 +30,13 @@ def build_registry(
     if process_metrics:  # a long-lived process: its memory, CPU and garbage collections are worth serving
         for extra in (ProcessCollector, PlatformCollector, GCCollector):
             extra(registry=registry)
+    return registry
+
+
+def build_watch_registry(watch_stats: WatchStats | None, deleted_pods: Callable[[], int]) -> CollectorRegistry:
+    """The API watches' own health (none for a file inventory). Their statistics change on the event loop, so the
+    agent collects this registry there (a few families), not in the rendering thread."""
+    registry = CollectorRegistry(auto_describe=False)
+    if watch_stats is not None:
+        registry.register(WatchCollector(watch_stats, deleted_pods))
     return registry
