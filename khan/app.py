@@ -31,6 +31,7 @@ from khan.json_views import JsonViews, render_json_views
 from khan.logs import LoopExceptionHandler, RateLimiter
 from khan.metrics.collector import KhanCollector
 from khan.metrics.exposition import Exposition, render
+from khan.metrics.labels import label_policy
 from khan.metrics.snapshot import Health, PollResult
 from khan.metrics.watch_collector import WatchCollector
 from khan.poll import poll
@@ -57,6 +58,7 @@ class StartupError(Exception):
 class Agent:
     def __init__(self, settings: Settings, inventory: InventoryProvider | None = None) -> None:
         self.settings = settings
+        self.label_policy = label_policy(settings)
         self.inventory: InventoryProvider = inventory or choose_inventory(settings)
         self.health = Health()  # swapped, never mutated: scrapes read it without locks
         self.counting = Counting(settings.max_series, settings.counter_ttl_seconds)
@@ -226,7 +228,7 @@ class Agent:
             netns=self.settings.netns,
             interval_seconds=self.settings.interval_seconds,
             events=self.events is not None,
-            aggregate=self.settings.labels.aggregate,
+            aggregate=self.settings.aggregate,
             max_series=self.settings.max_series,
             scheme=self.protection.scheme,
             **self.protection.summary,
@@ -304,7 +306,7 @@ class Agent:
                 settings.node_name,
                 settings.netns,
                 settings.dump_attempts,
-                policy=settings.labels,
+                policy=self.label_policy,
                 counting=self.counting,
                 max_series=settings.max_series,
                 catch_up_events=self.events.catch_up if self.events is not None else None,

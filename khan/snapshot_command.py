@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from khan.inventory.index import Inventory
 from khan.inventory.source import FileInventory, choose_inventory
 from khan.metrics.collector import KhanCollector
+from khan.metrics.labels import label_policy
 from khan.metrics.snapshot import Health
 from khan.poll import poll
 from khan.settings import Settings
@@ -23,7 +24,7 @@ def run_snapshot(settings: Settings) -> None:
         settings.node_name,
         settings.netns,
         settings.dump_attempts,
-        policy=settings.labels,
+        policy=label_policy(settings),
         max_series=settings.max_series,
     )
     health = Health(
