@@ -195,7 +195,7 @@ OPTIONS = (
         "--listen",
         ("listen_host", "listen_port"),
         listen_address,
-        "serve /metrics (and /healthz, /readyz, /transactions, /flows) here",
+        "serve /metrics and the other endpoints here",
         commands=(AGENT, DEMO),
         metavar="HOST:PORT",
         command_defaults={DEMO: f"127.0.0.1:{DEFAULT_PORT}"},
