@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 
+from khan.attribution.labels import label_policy
 from khan.conntrack.events import EventReader, EventStats
 from khan.conntrack.namespace import NamespaceError, entered
 from khan.conntrack.netlink import ConntrackError
@@ -51,6 +52,7 @@ class StartupError(Exception):
 class Agent:
     def __init__(self, settings: Settings, inventory: InventoryProvider | None = None) -> None:
         self.settings = settings
+        self.label_policy = label_policy(settings)
         self.inventory: InventoryProvider = inventory or choose_inventory(settings)
         self.health = Health()  # swapped, never mutated: scrapes read it without locks
         self.counting = Counting(settings.max_series, settings.counter_ttl_seconds)
@@ -214,7 +216,7 @@ class Agent:
             netns=self.settings.netns,
             interval_seconds=self.settings.interval_seconds,
             events=self.events is not None,
-            aggregate=self.settings.labels.aggregate,
+            aggregate=self.settings.aggregate,
             max_series=self.settings.max_series,
             scheme=self.protection.scheme,
             **self.protection.summary,
@@ -292,7 +294,7 @@ class Agent:
                 settings.node_name,
                 settings.netns,
                 settings.dump_attempts,
-                policy=settings.labels,
+                policy=self.label_policy,
                 counting=self.counting,
                 max_series=settings.max_series,
                 catch_up_events=self.events.catch_up if self.events is not None else None,

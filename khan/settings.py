@@ -1,17 +1,21 @@
-"""Settings: frozen, each default with its reason."""
+"""Settings: frozen plain values, each default with its reason. The one place a flag's default is written
+(khan/options.py shows them in the help); imports nothing of khan, so every layer may read it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
-
-from khan.attribution.labels import LabelPolicy
 
 EventsMode = Literal["auto", "on", "off"]
 AuthMode = Literal["none", "kubernetes"]
+Aggregate = Literal["pod", "workload"]
+ExternalIps = Literal["keep", "drop"]
+LogFormat = Literal["auto", "json", "console"]
 
 DEFAULT_PORT = 9986  # khan's entry in Prometheus's default exporter port allocations list
-DEFAULT_LISTEN = f":{DEFAULT_PORT}"
+# 2,000 connections a second are 4,000 events; one event takes about 1 KiB of buffer (its skb), so 32 MiB (about
+# 30,000 events) rides out a stall of several seconds of a busy node's churn.
+EVENT_BUFFER_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -35,13 +39,16 @@ class Settings:
     interval_seconds: float = 30.0
     # The network namespace whose table is read (by name under /run/netns); None is the agent's own.
     netns: str | None = None
-    log_format: str = "auto"  # json off a TTY, console on one
+    log_format: LogFormat = "auto"  # json off a TTY, console on one
     log_level: str = "info"
     # A poll retries an interrupted dump this many times before it reports the inconsistent result.
     dump_attempts: int = 3
-    # How much of an owner the labels keep: pods or their workloads; outside ranges and IPs (kept by default,
-    # as Khan did).
-    labels: LabelPolicy = field(default_factory=LabelPolicy)
+    # How much of an owner the labels keep (khan.attribution.labels.label_policy makes the LabelPolicy): pods or
+    # their workloads; outside addresses named after ranges (NAME=CIDR,..., as given) and their IPs kept or
+    # dropped (kept by default, as Khan did).
+    aggregate: Aggregate = "pod"
+    external_cidrs: str = ""
+    external_ips: ExternalIps = "keep"
     # Series per metric family: a node with 10,000 distinct pairs is already unusual; beyond it the smallest
     # fold into overflow series, so a scan or a fan-out cannot blow up Prometheus.
     max_series: int = 10_000
@@ -50,8 +57,8 @@ class Settings:
     counter_ttl_seconds: float = 900.0
     # ctnetlink NEW/DESTROY events: auto subscribes where permitted (CAP_NET_ADMIN) and falls back to dumps.
     events: EventsMode = "auto"
-    # The event socket's buffer: 32 MiB holds about 30,000 events, several seconds of a busy node's churn.
-    event_buffer_bytes: int = 32 * 1024 * 1024
+    # The event socket's receive buffer; events beyond it are lost (counted) and a dump resynchronises.
+    event_buffer_bytes: int = EVENT_BUFFER_BYTES
     # Turn nf_conntrack_acct on at start when it is off (byte counters need it). Never done unless asked.
     enable_accounting: bool = False
     # exporter-toolkit's web configuration (TLS, basic auth); None serves plain HTTP to anyone, as on a laptop.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
+from khan.attribution.labels import label_policy
 from khan.inventory.index import Inventory
 from khan.inventory.source import FileInventory, choose_inventory
 from khan.metrics.exposition import render_text
@@ -22,7 +23,7 @@ def run_snapshot(settings: Settings) -> None:
         settings.node_name,
         settings.netns,
         settings.dump_attempts,
-        policy=settings.labels,
+        policy=label_policy(settings),
         max_series=settings.max_series,
     )
     health = Health().after(result)  # the same path as the agent's, for one poll

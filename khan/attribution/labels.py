@@ -9,14 +9,12 @@ from __future__ import annotations
 import hashlib
 import socket
 from dataclasses import dataclass, field, replace
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 from khan.attribution.outside import OutsidePolicy
 from khan.inventory.index import Inventory
 from khan.inventory.objects import Owner
-
-Aggregate = Literal["pod", "workload"]
-AGGREGATES: tuple[Aggregate, ...] = ("pod", "workload")
+from khan.settings import Aggregate, Settings
 
 # seen_from: this node hosts the original source; or the source is outside the cluster and this node hosts the
 # destination or the endpoint that answered (the connection came in here); or the source is on another node and
@@ -86,6 +84,12 @@ class LabelPolicy:
 
 
 DEFAULT_POLICY = LabelPolicy()
+
+
+def label_policy(settings: Settings) -> LabelPolicy:
+    """The label policy of --aggregate, --external-cidrs and --external-ips; ValueError saying what is wrong."""
+    outside = OutsidePolicy.parse(settings.external_cidrs, settings.external_ips)
+    return LabelPolicy(outside, settings.aggregate)
 
 
 class Attributor:

@@ -26,6 +26,7 @@ from khan.conntrack.decode import Flow, Template, decode_chunk
 from khan.conntrack.namespace import entered
 from khan.conntrack.netlink import NETLINK_NETFILTER, ConntrackError, describe_error
 from khan.logs import RateLimiter
+from khan.settings import EVENT_BUFFER_BYTES  # the --event-buffer default
 
 log = structlog.get_logger("khan.events")
 
@@ -35,9 +36,6 @@ EVENT_GROUPS = (1 << (NFNLGRP_CONNTRACK_NEW - 1)) | (1 << (NFNLGRP_CONNTRACK_DES
 SO_RCVBUFFORCE = 33  # with CAP_NET_ADMIN: a buffer beyond net.core.rmem_max, which khan never changes
 SO_MEMINFO = 55
 SK_MEMINFO_DROPS = 8
-# 2,000 connections a second are 4,000 events; one event takes about 1 KiB of buffer (its skb), so 32 MiB
-# rides out a stall of several seconds.
-EVENT_RCVBUF_BYTES = 32 * 1024 * 1024
 RECEIVE_BYTES = 64 * 1024
 BATCH_MESSAGES = 4096  # events handed over at once, at most
 # After a batch that emptied the queue the reader rests this long, so that the next batch is dozens of events
@@ -75,7 +73,7 @@ def _meminfo_drops(sock: socket.socket) -> int | None:
     return drops
 
 
-def open_event_socket(buffer_bytes: int = EVENT_RCVBUF_BYTES) -> socket.socket:
+def open_event_socket(buffer_bytes: int = EVENT_BUFFER_BYTES) -> socket.socket:
     """A socket subscribed to NEW and DESTROY events of the calling thread's namespace. Raises ConntrackError."""
     try:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
@@ -131,7 +129,7 @@ class EventReader:
         handle: Handler,
         losses: LossListener,
         netns: str | None = None,
-        buffer_bytes: int = EVENT_RCVBUF_BYTES,
+        buffer_bytes: int = EVENT_BUFFER_BYTES,
     ) -> None:
         self.stats = EventStats()
         self._buffer_bytes = buffer_bytes
