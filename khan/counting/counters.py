@@ -20,7 +20,7 @@ from khan.attribution.schema import (
 )
 from khan.counting.folding import Folding
 from khan.counting.store import CounterStore
-from khan.counting.tracker import ConnectionTracker, HeavyFlow
+from khan.counting.tracker import ConnectionTracker, Deltas, HeavyFlow
 
 # What an overflow series keeps of each family (--max-series).
 CONNECTION_FOLDING = Folding(CONNECTION_LABELS, ("node", "src_type", "dst_type", "transport", "state", "seen_from"))
@@ -63,11 +63,11 @@ class Counting:
 
     def __init__(self, max_series: int, ttl_seconds: float) -> None:
         self.tracker = ConnectionTracker()
-        self.max_series = max_series
         self.opened = CounterStore(OPENED_FOLDING, max_series, ttl_seconds)
         self.flow_bytes = CounterStore(BYTES_FOLDING, max_series, ttl_seconds)
         self.transactions = CounterStore(TRANSACTIONS_FOLDING, max_series, ttl_seconds)
         self._endpoints = CounterStore(_ENDPOINT_FOLDING, ENDPOINTS_KEPT, ttl_seconds)
+        self._families = {OPENED: self.opened, FLOW_BYTES: self.flow_bytes, TRANSACTIONS: self.transactions}
 
     def update(
         self,
@@ -82,12 +82,23 @@ class Counting:
         `table_limit` (nf_conntrack_max) bounds the tracker's records from the next dump on."""
         if table_limit is not None:
             self.tracker.limit = table_limit
-        deltas = self.tracker.take()
-        # Each delta is let go once added: with every peer new, they are as many as the table's entries.
+        bytes_on = accounting is not False
+        self._add(self.tracker.take(), names, bytes_on, now)
+        for connection in connections:  # a pair still in the table is alive, however idle
+            pair = pair_of(connection)
+            self.opened.touch(pair, now)
+            self.flow_bytes.touch((*pair, "sent"), now)
+            self.flow_bytes.touch((*pair, "received"), now)
+        for store in (*self._families.values(), self._endpoints):
+            store.maintain(now)
+        return self._view(bytes_on, connections_folded)
+
+    def _add(self, deltas: Deltas, names: Attributor, bytes_on: bool, now: float) -> None:
+        """The deltas, attributed, into the stores. Each is let go once added: with every peer new, they are as
+        many as the table's entries."""
         for labels, amount in attribute_pairs(deltas.opened, names):
             self.opened.add(labels, amount, now)
         deltas.opened.clear()
-        bytes_on = accounting is not False
         if bytes_on:
             for direction, amounts in (("sent", deltas.sent), ("received", deltas.received)):
                 for labels, amount in attribute_pairs(amounts, names):
@@ -100,18 +111,11 @@ class Counting:
             if owner.type == "service":
                 self._endpoints.add((f"{owner.ns}/{owner.name}", address_text(key.endpoint)), amount, now)
 
-        for connection in connections:
-            pair = pair_of(connection)
-            self.opened.touch(pair, now)
-            self.flow_bytes.touch((*pair, "sent"), now)
-            self.flow_bytes.touch((*pair, "received"), now)
-        stores = {OPENED: self.opened, FLOW_BYTES: self.flow_bytes, TRANSACTIONS: self.transactions}
-        for store in (*stores.values(), self._endpoints):
-            store.maintain(now)
-
+    def _view(self, bytes_on: bool, connections_folded: int) -> CounterView:
         endpoints: dict[str, dict[str, int]] = {}
         for (service_id, endpoint_ip), count in self._endpoints.snapshot().items():
             endpoints.setdefault(service_id, {})[endpoint_ip] = count
+        families = self._families.items()
         tracker = self.tracker
         return CounterView(
             opened=self.opened.snapshot(),
@@ -120,14 +124,14 @@ class Counting:
             endpoints=MappingProxyType(endpoints),
             heaviest=tuple(tracker.heaviest),
             folded=MappingProxyType(
-                {CONNECTION: connections_folded} | {name: store.folded for name, store in stores.items()}
+                {CONNECTION: connections_folded} | {name: store.folded for name, store in families}
             ),
-            expired=MappingProxyType({name: store.expired for name, store in stores.items()}),
+            expired=MappingProxyType({name: store.expired for name, store in families}),
             tracked=len(tracker),
             vanished=tracker.totals.vanished,
             recovered=tracker.totals.recovered,
             possibly_missed=tracker.totals.possibly_missed,
-            label_sets=MappingProxyType({name: store.label_sets for name, store in stores.items()}),
-            forgotten=MappingProxyType({name: store.forgotten for name, store in stores.items()}),
+            label_sets=MappingProxyType({name: store.label_sets for name, store in families}),
+            forgotten=MappingProxyType({name: store.forgotten for name, store in families}),
             dropped=tracker.totals.dropped,
         )
