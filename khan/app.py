@@ -192,43 +192,56 @@ class Agent:
             loop.add_signal_handler(signum, stop.set)
         loop.set_exception_handler(LoopExceptionHandler())
         await self.render_metrics()  # before the first poll: the health metrics there are
-        endpoints = Endpoints(self.current_exposition, self.not_ready_reason, self.transactions_body, self.flows_body)
-        limits = ServerLimits(
-            max_connections=connection_cap(self.settings.web_max_connections, raise_file_limit()),
-            header_timeout_seconds=self.settings.web_header_timeout_seconds,
-        )
-        max_requests = request_cap(self.settings.web_max_requests, limits.max_connections)
-        app = make_app(endpoints, max_requests, self.protection.middlewares)
-        host = self.settings.listen_host or None
-        port, ssl_context = self.settings.listen_port, self.protection.ssl_context
-        try:
-            server: RunningServer = await start_server(app, limits, host, port, ssl_context)
-        except OSError as exc:
-            self._renderer.shutdown(wait=False)
-            await self._close_started()
-            where = f"{self.settings.listen_host}:{self.settings.listen_port}"
-            raise StartupError(f"cannot listen on {where}: {os.strerror(exc.errno) if exc.errno else exc}") from exc
-        log.info(
-            "agent_started",
-            listen=f"{self.settings.listen_host}:{self.settings.listen_port}",
-            node=self.settings.node_name,
-            inventory=self.settings.inventory or "kubernetes-api",
-            netns=self.settings.netns,
-            interval_seconds=self.settings.interval_seconds,
-            events=self.events is not None,
-            aggregate=self.settings.aggregate,
-            max_series=self.settings.max_series,
-            scheme=self.protection.scheme,
-            **self.protection.summary,
-            web_max_requests=max_requests,
-            web_max_connections=limits.max_connections,
-        )
+        server = await self._serve()
         watcher = asyncio.create_task(self.inventory.run(stop), name="inventory")
         poller = asyncio.create_task(self._poll_forever(stop), name="poller")
         stopping = asyncio.create_task(stop.wait(), name="stopping")
         await asyncio.wait({poller, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stop.set()
         on_stopping()
+        try:
+            await self._stop(poller, watcher, server)
+        finally:
+            stopping.cancel()
+
+    async def _serve(self) -> RunningServer:
+        """The HTTP server, listening; StartupError (with what start() opened closed) if it cannot listen."""
+        settings = self.settings
+        endpoints = Endpoints(self.current_exposition, self.not_ready_reason, self.transactions_body, self.flows_body)
+        limits = ServerLimits(
+            max_connections=connection_cap(settings.web_max_connections, raise_file_limit()),
+            header_timeout_seconds=settings.web_header_timeout_seconds,
+        )
+        max_requests = request_cap(settings.web_max_requests, limits.max_connections)
+        app = make_app(endpoints, max_requests, self.protection.middlewares)
+        where = f"{settings.listen_host}:{settings.listen_port}"
+        try:
+            server = await start_server(
+                app, limits, settings.listen_host or None, settings.listen_port, self.protection.ssl_context
+            )
+        except OSError as exc:
+            self._renderer.shutdown(wait=False)
+            await self._close_started()
+            raise StartupError(f"cannot listen on {where}: {os.strerror(exc.errno) if exc.errno else exc}") from exc
+        log.info(
+            "agent_started",
+            listen=where,
+            node=settings.node_name,
+            inventory=settings.inventory or "kubernetes-api",
+            netns=settings.netns,
+            interval_seconds=settings.interval_seconds,
+            events=self.events is not None,
+            aggregate=settings.aggregate,
+            max_series=settings.max_series,
+            scheme=self.protection.scheme,
+            **self.protection.summary,
+            web_max_requests=max_requests,
+            web_max_connections=limits.max_connections,
+        )
+        return server
+
+    async def _stop(self, poller: asyncio.Task[None], watcher: asyncio.Task[None], server: RunningServer) -> None:
+        """Within SHUTDOWN_GRACE_SECONDS: the poll under way, the watches, the server, then the rest."""
         deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS  # one budget for everything below
         try:
             # A poll under way finishes (a full table takes ~1-2 s); then the loop sees `stop` and returns.
@@ -236,7 +249,6 @@ class Agent:
         except TimeoutError:
             log.warning("poll_abandoned_at_shutdown")
         finally:
-            stopping.cancel()
             try:
                 await asyncio.wait_for(watcher, timeout=max(0.1, deadline - time.monotonic()))
             except TimeoutError:
