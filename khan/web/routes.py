@@ -58,14 +58,28 @@ class Endpoints:
 def make_app(endpoints: Endpoints, max_requests: int, middlewares: Sequence[Middleware] = ()) -> web.Application:
     """The routes, behind a cap of `max_requests` answers in flight (503 beyond it; the probes bypass it).
     `middlewares` (auth, say) run before the cap: credentials being checked hold no scrape's slot."""
-    ready = endpoints.ready
+    routes = _Routes(endpoints)
+    app = web.Application(middlewares=[*middlewares, _in_flight_cap(max_requests)])
+    app.router.add_get("/", routes.landing)
+    app.router.add_get("/metrics", routes.metrics)
+    app.router.add_get("/healthz", routes.healthz)
+    app.router.add_get("/readyz", routes.readyz)
+    app.router.add_get("/transactions", routes.transactions)
+    app.router.add_get("/flows", routes.flows)
+    return app
 
-    async def landing(_: web.Request) -> web.Response:
+
+class _Routes:
+    def __init__(self, endpoints: Endpoints) -> None:
+        self._endpoints = endpoints
+
+    async def landing(self, _: web.Request) -> web.Response:
         return web.Response(text=LANDING_PAGE, content_type="text/html")
 
-    async def metrics(request: web.Request) -> web.StreamResponse:
+    async def metrics(self, request: web.Request) -> web.StreamResponse:
+        """The last rendering in the format and encoding asked for, sent in slices within SEND_TIMEOUT_SECONDS."""
         chosen = choose(
-            endpoints.exposition(),
+            self._endpoints.exposition(),
             request.headers.get(hdrs.ACCEPT, ""),
             request.headers.get(hdrs.ACCEPT_ENCODING, ""),
         )
@@ -87,19 +101,20 @@ def make_app(endpoints: Endpoints, max_requests: int, middlewares: Sequence[Midd
                 request.transport.abort()
         return response
 
-    async def healthz(_: web.Request) -> web.Response:
+    async def healthz(self, _: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
-    async def readyz(_: web.Request) -> web.Response:
-        reason = ready()
+    async def readyz(self, _: web.Request) -> web.Response:
+        reason = self._endpoints.ready()
         if reason is None:
             return web.Response(text="ready\n")
         return web.Response(status=503, text=f"not ready: {reason}\n")
 
-    async def transactions(_: web.Request) -> web.Response:
-        return web.Response(body=await endpoints.transactions(), content_type="application/json", charset="utf-8")
+    async def transactions(self, _: web.Request) -> web.Response:
+        body = await self._endpoints.transactions()
+        return web.Response(body=body, content_type="application/json", charset="utf-8")
 
-    async def flows(request: web.Request) -> web.Response:
+    async def flows(self, request: web.Request) -> web.Response:
         raw = request.query.get("limit", str(DEFAULT_FLOWS_LIMIT))
         shown = raw if len(raw) <= 20 else raw[:20] + "..."
         if (
@@ -109,16 +124,8 @@ def make_app(endpoints: Endpoints, max_requests: int, middlewares: Sequence[Midd
             return web.json_response(
                 {"error": f"limit must be a whole number from 1 to {MAX_FLOWS_LIMIT}, got {shown!r}"}, status=400
             )
-        return web.Response(body=await endpoints.flows(int(raw)), content_type="application/json", charset="utf-8")
-
-    app = web.Application(middlewares=[*middlewares, _in_flight_cap(max_requests)])
-    app.router.add_get("/", landing)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/transactions", transactions)
-    app.router.add_get("/flows", flows)
-    return app
+        body = await self._endpoints.flows(int(raw))
+        return web.Response(body=body, content_type="application/json", charset="utf-8")
 
 
 def _in_flight_cap(max_requests: int) -> Middleware:
