@@ -18,7 +18,7 @@ from khan.conntrack.events import EventStats
 from khan.counting import counters
 from khan.counting.counters import CounterView, Family
 from khan.metrics import families as f
-from khan.polling.result import Health
+from khan.polling.result import Health, PollResult
 
 # The family each of the counting's per-family numbers is about.
 FAMILY_SPECS: Mapping[Family, f.MetricSpec] = {
@@ -55,9 +55,18 @@ def families(
     yield connections
     if interval_seconds is not None:
         yield gauge(f.POLL_INTERVAL, interval_seconds)
-    counters = last.counters if last is not None else None
-    if counters is not None:
-        yield from _counter_families(counters)
+    if last is not None and last.counters is not None:
+        yield from _counter_families(last.counters)
+    yield from _event_families(events)
+    yield from _health_families(health, events)
+    if last is not None:
+        yield from _last_poll_families(last)
+    info = InfoMetricFamily(f.BUILD_INFO.name, f.BUILD_INFO.help)
+    info.add_metric([], {"version": __version__, "python_version": platform.python_version()})
+    yield info
+
+
+def _event_families(events: EventStats | None) -> Iterator[Metric]:
     yield gauge(f.EVENTS_SUBSCRIBED, 0 if events is None else 1)
     if events is not None:
         by_type = counter(f.EVENTS)
@@ -67,35 +76,36 @@ def families(
         yield counter(f.EVENT_OVERFLOWS, events.overflows)
         yield counter(f.EVENTS_DROPPED, events.dropped)
 
+
+def _health_families(health: Health, events: EventStats | None) -> Iterator[Metric]:
     yield counter(f.POLLS, health.polls)
     yield counter(f.POLL_ERRORS, health.poll_errors)
     yield counter(f.ENTRIES_READ, health.entries_read)
     yield counter(f.ENTRIES_MALFORMED, health.entries_malformed + (events.malformed if events is not None else 0))
     yield counter(f.DUMPS_INTERRUPTED, health.dumps_interrupted)
-    if last is not None:
-        yield gauge(f.POLL_DURATION, last.duration_seconds)
-        yield gauge(f.POLL_ENTRIES, last.entries)
-        yield gauge(f.LAST_SUCCESS, last.finished_at)
-        objects = gauge(f.INVENTORY_OBJECTS)
-        for kind, number in sorted(last.inventory_objects.items()):
-            objects.add_metric([kind], number)
-        yield objects
-        yield gauge(f.INVENTORY_ADDRESSES, last.inventory_addresses)
-        table = last.table
-        if table is not None:
-            if table.entries is not None:
-                yield gauge(f.TABLE_ENTRIES, table.entries)
-            if table.limit is not None:
-                yield gauge(f.TABLE_LIMIT, table.limit)
-            if table.accounting is not None:
-                yield gauge(f.ACCOUNTING, 1 if table.accounting else 0)
-            kernel_events = counter(f.TABLE_EVENTS)
-            for event, number in sorted(table.events.items()):
-                kernel_events.add_metric([event], number)
-            yield kernel_events
-    info = InfoMetricFamily(f.BUILD_INFO.name, f.BUILD_INFO.help)
-    info.add_metric([], {"version": __version__, "python_version": platform.python_version()})
-    yield info
+
+
+def _last_poll_families(last: PollResult) -> Iterator[Metric]:
+    yield gauge(f.POLL_DURATION, last.duration_seconds)
+    yield gauge(f.POLL_ENTRIES, last.entries)
+    yield gauge(f.LAST_SUCCESS, last.finished_at)
+    objects = gauge(f.INVENTORY_OBJECTS)
+    for kind, number in sorted(last.inventory_objects.items()):
+        objects.add_metric([kind], number)
+    yield objects
+    yield gauge(f.INVENTORY_ADDRESSES, last.inventory_addresses)
+    table = last.table
+    if table is not None:
+        if table.entries is not None:
+            yield gauge(f.TABLE_ENTRIES, table.entries)
+        if table.limit is not None:
+            yield gauge(f.TABLE_LIMIT, table.limit)
+        if table.accounting is not None:
+            yield gauge(f.ACCOUNTING, 1 if table.accounting else 0)
+        kernel_events = counter(f.TABLE_EVENTS)
+        for event, number in sorted(table.events.items()):
+            kernel_events.add_metric([event], number)
+        yield kernel_events
 
 
 def _counter_families(counters: CounterView) -> Iterator[Metric]:
