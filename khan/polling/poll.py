@@ -41,18 +41,9 @@ def poll(
     With `counting`, every entry also goes through its tracker and the counters are brought up to date.
     `catch_up_events` (the event reader's, when subscribed) hands the tracker every event queued so far."""
     started = time.perf_counter()
-    counts: dict[RawKey, int] = {}
-    stats = DumpStats()
-    table: TableStats | None = None
     with entered(netns):
-        for attempt in range(1, attempts + 1):
-            stats = DumpStats()
-            counts = _dump(stats, counting, catch_up_events)
-            if not stats.interrupted:
-                break
-            log.debug("dump_interrupted", attempt=attempt, entries=stats.entries)
-        if table_stats:
-            table = _table_stats()
+        counts, stats = _dump_consistent(attempts, counting, catch_up_events)
+        table = _table_stats() if table_stats else None
     names = Attributor(inventory, node, policy)
     connections = attribute_connections(counts, names)
     del counts  # one key per entry when every peer is new: let it go before the counters add theirs
@@ -75,6 +66,20 @@ def poll(
         inventory_addresses=len(inventory),
         counters=counters,
     )
+
+
+def _dump_consistent(
+    attempts: int, counting: Counting | None, catch_up_events: Callable[[], None] | None
+) -> tuple[dict[RawKey, int], DumpStats]:
+    """Dumps until one is consistent (the kernel did not flag NLM_F_DUMP_INTR), `attempts` at most; the last is
+    kept either way."""
+    for attempt in range(1, max(1, attempts) + 1):
+        stats = DumpStats()
+        counts = _dump(stats, counting, catch_up_events)
+        if not stats.interrupted:
+            break
+        log.debug("dump_interrupted", attempt=attempt, entries=stats.entries)
+    return counts, stats
 
 
 def _dump(stats: DumpStats, counting: Counting | None, catch_up_events: Callable[[], None] | None) -> dict[RawKey, int]:
