@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from khan.lab import Lab
+from khan.demo.lab import Lab
 from tests.exposition import KHAN, samples
 from tests.kube_cluster import stop_process
 from tests.test_agent_http import free_port, get, wait_ready

@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from khan.lab import FILL_PORTS, fill_udp_flows
 from tests.exposition import KHAN
 from tests.kube_cluster import stop_process
+from tests.support.table_fill import FILL_PORTS, fill_udp_flows
 from tests.test_agent_http import free_port, get
 
 # 10 sources x 125 destinations x 8 ports: every flow is its own (src_ip, dst_ip, dst_port) series.

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from khan.lab import table_namespace
 from tests.lab_agent import file_agent, total
+from tests.support.table_fill import table_namespace
 
 pytestmark = pytest.mark.root
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from khan.lab import Lab
+from khan.demo.lab import Lab
 from khan.metrics.labels import MAX_LABEL_VALUE_BYTES, capped
 from tests.exposition import KHAN, connections, khan, lab_with_traffic, samples
 from tests.test_agent_http import free_port, get, wait_ready

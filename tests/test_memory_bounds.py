@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from khan.lab import private_prefix, table_namespace
+from khan.demo.namespaces import private_prefix
 from tests.exposition import samples, value
 from tests.kube_agent import RunningAgent
 from tests.lab_agent import file_agent, total
 from tests.outside_peers import SOURCE, send_to_peers
+from tests.support.table_fill import table_namespace
 
 pytestmark = pytest.mark.root
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from khan.conntrack.namespace import entered
-from khan.lab import private_prefix
+from khan.demo.namespaces import private_prefix
 from tests.protected_agent import PORT, Agent, private_netns, running_agent
 
 CONNECTIONS = 4

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from khan.conntrack.namespace import entered
-from khan.lab import private_prefix, table_namespace
+from khan.demo.namespaces import private_prefix
 from tests.protected_agent import PORT, private_netns, running_agent
 from tests.serving_load import SERIES, agent, fill_distinct_series, wait_for_series
+from tests.support.table_fill import table_namespace
 
 pytestmark = pytest.mark.root
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from khan.lab import private_prefix, table_namespace
+from khan.demo.namespaces import private_prefix
 from khan.web import MAX_FLOWS_LIMIT
 from tests.exposition import value
 from tests.serving_load import (
@@ -33,6 +33,7 @@ from tests.serving_load import (
     time_probes,
     wait_for_series,
 )
+from tests.support.table_fill import table_namespace
 from tests.test_agent_http import get
 
 pytestmark = pytest.mark.root
