@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from khan.conntrack.namespace import entered
-from khan.demo.namespaces import LabError, delete_netns, existing, private_prefix, run_setup
+from khan.demo.namespaces import LabError, delete_netns, netns_with_prefix, private_prefix, run_setup
 from khan.demo.topology import (
     HOSTS,
     NODE_RULESET,
@@ -133,7 +133,7 @@ class Lab:
         for tool in ("ip", "nft"):
             if shutil.which(tool) is None:
                 raise LabError(f"the lab needs the {tool!r} command (apt-get install iproute2 nftables)")
-        left = existing(self.prefix)
+        left = netns_with_prefix(self.prefix)
         if left:
             hint = f"remove them with cleanup_stale({self.prefix!r})"
             raise LabError(f"namespaces {' '.join(left)} already exist; {hint}")

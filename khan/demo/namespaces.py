@@ -43,14 +43,14 @@ def _named_netns() -> list[str]:
         return []
 
 
-def existing(prefix: str) -> list[str]:
+def netns_with_prefix(prefix: str) -> list[str]:
     """The namespaces named `{prefix}-*` that exist now."""
     return [name for name in _named_netns() if name.startswith(f"{prefix}-")]
 
 
 def cleanup_stale(prefix: str) -> list[str]:
     """Delete namespaces named `{prefix}-*` that an earlier lab left behind; returns their names."""
-    names = existing(prefix)
+    names = netns_with_prefix(prefix)
     left = delete_netns(names)
     if left:
         raise LabError(f"could not delete lab namespaces: {' '.join(left)}")
