@@ -48,7 +48,10 @@ from typing import Any, TextIO
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from khan.lab import CLUSTER_IP, PODS, SERVICE_BACKEND, SERVICE_PORT, Lab, private_prefix
+from khan.demo.inventory import write_inventory
+from khan.demo.lab import Lab
+from khan.demo.namespaces import private_prefix
+from khan.demo.topology import CLUSTER_IP, PODS, SERVICE_BACKEND, SERVICE_PORT
 
 RESULTS = Path(__file__).parent / "results"
 SCRIPT = Path(__file__).resolve()
@@ -306,7 +309,7 @@ def one_run(lab: Lab, inventory: Path, workdir: Path, args: argparse.Namespace, 
     client_argv = ["ip", "netns", "exec", lab.netns("pod-a"), *python, "_load", CLUSTER_IP, str(SERVICE_PORT)]
     client_argv += [str(args.rate), str(args.seconds)]
     # Each agent starts on the same table: none of the previous run's entries (still in TIME_WAIT) are left.
-    lab.run("node1", ["conntrack", "-F"], capture_output=True, check=True)
+    subprocess.run(["ip", "netns", "exec", lab.netns("node1"), "conntrack", "-F"], capture_output=True, check=True)
     with (
         log_path.open("w") as log,
         running(server_argv, stdout=subprocess.PIPE) as server,
@@ -514,7 +517,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="khan-churn-") as tmp, Lab.create(prefix=private_prefix("kchurn")) as lab:
         workdir = Path(tmp)
         inventory = workdir / "inventory.yaml"
-        lab.write_inventory(inventory)
+        write_inventory(inventory)
         # Sysctls of the lab's own namespaces only.
         time_wait_default = read_sysctl(lab, "node1", "net/netfilter/nf_conntrack_tcp_timeout_time_wait")
         set_sysctl(lab, "node1", "net/netfilter/nf_conntrack_tcp_timeout_time_wait", str(args.time_wait))

@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.sup
 
 from khan.conntrack.namespace import entered
 from khan.inventory.api_config import ApiConfig
-from khan.lab import table_namespace
 from tests.support.kube_cluster import ADMIN, KHAN_USER, Cluster, object_path, running_cluster
+from tests.support.table_fill import table_namespace
 
 PODS, SERVICES, NODES = 50_000, 5_000, 1_000
 RUNS = 3

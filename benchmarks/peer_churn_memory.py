@@ -38,8 +38,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the traffic helper is the tests' own
 
 from khan.conntrack.namespace import entered  # noqa: E402
-from khan.lab import private_prefix, table_namespace  # noqa: E402
+from khan.demo.namespaces import private_prefix  # noqa: E402
 from tests.support.outside_peers import PEER_PORT, SOURCE, send_to_peers  # noqa: E402
+from tests.support.table_fill import table_namespace  # noqa: E402
 
 UDP_IP_HEADERS = 28  # IPv4 and UDP headers around each one-byte datagram
 PORT = 9986

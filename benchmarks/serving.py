@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the load helpers are the tests' own
 
-from khan.lab import private_prefix, table_namespace  # noqa: E402
+from khan.demo.namespaces import private_prefix  # noqa: E402
 from tests.support.serving_load import (  # noqa: E402
     SERIES,
     agent,
@@ -42,6 +42,7 @@ from tests.support.serving_load import (  # noqa: E402
     time_probes,
     wait_for_series,
 )
+from tests.support.table_fill import table_namespace  # noqa: E402
 
 OPENMETRICS_ACCEPT = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
 

@@ -29,13 +29,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support.table_fill
+
 import khan
 from khan.attribution.labels import LabelPolicy
 from khan.conntrack.events import EventReader
 from khan.counting.counters import Counting
 from khan.inventory.index import Inventory, build_inventory
-from khan.lab import FILL_DESTINATIONS, FILL_PORTS, FILL_SOURCES, fill_udp_flows, table_namespace
 from khan.polling.poll import poll
+from tests.support.table_fill import FILL_DESTINATIONS, FILL_PORTS, FILL_SOURCES, fill_udp_flows, table_namespace
 
 FLOWS = 262_144
 RUNS = 7

@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             run_snapshot(settings)
         else:
-            from khan.demo import run_demo
+            from khan.demo.command import run_demo
 
             run_demo(settings)
     except KeyboardInterrupt:
@@ -90,7 +90,7 @@ def _one_line(exc: Exception) -> str | None:
     expected: tuple[type[Exception], ...] = (ConntrackError, NamespaceError, InventoryError, ApiConfigError)
     if app := sys.modules.get("khan.app"):
         expected += (app.StartupError,)
-    if lab := sys.modules.get("khan.lab"):
+    if lab := sys.modules.get("khan.demo.namespaces"):
         expected += (lab.LabError,)
     if kube := sys.modules.get("khan.inventory.kube"):
         expected += (kube.ListError,)

@@ -13,9 +13,11 @@ from typing import Any, NamedTuple
 import pytest
 import yaml
 
-from khan.lab import Lab, private_prefix
+from khan.demo.lab import Lab
+from khan.demo.namespaces import private_prefix
 from tests.support import paths
 from tests.support.kube_cluster import ADMIN, ApiError, Cluster, kubectl, kubectl_minor, object_path, running_cluster
+from tests.support.netns import run_in
 
 DEPLOY = paths.REPO / "deploy"
 BASE = DEPLOY / "base"
@@ -178,7 +180,7 @@ class Applier(NamedTuple):
     def apply(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         """`kubectl apply --dry-run=server` as the cluster's admin, from node1 where the API server listens."""
         argv = [kubectl(), "--kubeconfig", str(self.kubeconfig), "apply", "--dry-run=server", *args]
-        return self.lab.run("node1", argv, input=stdin, capture_output=True, text=True, timeout=60)
+        return run_in(self.lab, "node1", argv, input=stdin, capture_output=True, text=True, timeout=60)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from khan.conntrack.namespace import entered
-from khan.lab import private_prefix
+from khan.demo.namespaces import private_prefix
 from tests.support.auth_flood import flooding, scrape_and_probe
 from tests.support.kube_cluster import DEPLOY, KHAN_USER, Cluster, running_cluster, stop_process
 from tests.support.protected_agent import Agent, private_netns, running_agent

@@ -12,7 +12,10 @@ from typing import Any
 
 import pytest
 
-from khan.lab import Lab, private_prefix
+from khan.demo.inventory import inventory_objects
+from khan.demo.lab import Lab
+from khan.demo.namespaces import private_prefix
+from khan.demo.traffic import start_demo_traffic
 from tests.support.exposition import KHAN, Series, connections, khan, samples
 from tests.support.kube_agent import (
     INTERVAL,
@@ -33,6 +36,7 @@ from tests.support.lab_series import (
     SERVICE,
     series,
 )
+from tests.support.netns import run_in
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +45,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, Clust
     created through the API. Tests that change objects put them back."""
     workdir = tmp_path_factory.mktemp("kube")
     with Lab.create(prefix=private_prefix("khankube")) as lab:
-        lab.start_demo_traffic()
+        start_demo_traffic(lab)
         with running_cluster(lab.netns("node1"), "10.250.0.1") as cluster:
             cluster.apply_files(RBAC_FILES)
-            create_lab_objects(cluster, Lab.inventory_objects())
+            create_lab_objects(cluster, inventory_objects())
             yield lab, cluster, workdir
 
 
@@ -327,7 +331,8 @@ def test_odd_objects_are_indexed_without_harm(world: tuple[Lab, Cluster, Path], 
 def test_snapshot_lists_once_from_the_api(world: tuple[Lab, Cluster, Path]) -> None:
     lab, cluster, workdir = world
     kubeconfig = cluster.kubeconfig(KHAN_USER, workdir / "snapshot-kubeconfig")
-    done = lab.run(
+    done = run_in(
+        lab,
         "node1",
         [*KHAN, "snapshot", "--kubeconfig", str(kubeconfig), "--node-name", "node1", "--log-level", "error"],
         capture_output=True,

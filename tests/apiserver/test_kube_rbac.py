@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from khan.lab import Lab, private_prefix
+from khan.demo.inventory import inventory_objects
+from khan.demo.lab import Lab
+from khan.demo.namespaces import private_prefix
+from khan.demo.traffic import start_demo_traffic
 from tests.support.kube_agent import LAB_TCP, RBAC_FILES, agent_in, create_lab_objects, sample
 from tests.support.kube_cluster import DEPLOY, KHAN_USER, ApiError, Cluster, running_cluster
 
@@ -22,12 +25,12 @@ UNBOUND_USER = "system:serviceaccount:khan:nobody"
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, Cluster, Path]]:
     workdir = tmp_path_factory.mktemp("rbac")
     with Lab.create(prefix=private_prefix("khanrbac")) as lab:
-        lab.start_demo_traffic()
+        start_demo_traffic(lab)
         users = (KHAN_USER, NO_WATCH_USER, UNBOUND_USER)
         with running_cluster(lab.netns("node1"), "10.250.0.1", users=users) as cluster:
             cluster.apply_files(RBAC_FILES)
             grant_all_but_watch_on_services(cluster)
-            create_lab_objects(cluster, Lab.inventory_objects())
+            create_lab_objects(cluster, inventory_objects())
             yield lab, cluster, workdir
 
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from khan.lab import Lab
+from khan.demo.lab import Lab
 from tests.support.exposition import KHAN, connections, khan, lab_with_traffic, value
+from tests.support.netns import run_in
 
 
 def free_port() -> int:
@@ -150,7 +151,8 @@ def test_missing_namespace_is_one_clear_line() -> None:
 @pytest.mark.parametrize("command", [["snapshot"], ["agent"]])  # the agent listens inside node1
 def test_no_netlink_permission_is_one_clear_line(lab: tuple[Lab, Path], command: list[str]) -> None:
     # An unprivileged user in node1's namespace: the kernel refuses the dump with EPERM.
-    done = lab[0].run(
+    done = run_in(
+        lab[0],
         "node1",
         ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *KHAN, *command, "--log-level", "error"],
         capture_output=True,

@@ -28,7 +28,10 @@ import pytest
 import yaml
 
 from khan.conntrack.namespace import entered
-from khan.lab import Lab, private_prefix
+from khan.demo.inventory import write_inventory
+from khan.demo.lab import Lab
+from khan.demo.namespaces import private_prefix
+from khan.demo.traffic import start_demo_traffic
 from tests.support import paths
 from tests.support.exposition import KHAN
 from tests.support.kube_cluster import stop_process
@@ -141,8 +144,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, Webho
     (work / "alertmanager.yml").write_text(yaml.safe_dump(alertmanager_config))
     processes: list[subprocess.Popen[bytes]] = []
     with Lab.create(prefix=private_prefix("khane2e")) as lab:
-        lab.start_demo_traffic()
-        lab.write_inventory(inventory)
+        start_demo_traffic(lab)
+        write_inventory(inventory)
         with lab.inside("node1"):
             webhook = Webhook()
         serving = threading.Thread(target=webhook.server.serve_forever, daemon=True)

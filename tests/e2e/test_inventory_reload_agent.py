@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from khan.attribution.labels import MAX_LABEL_VALUE_BYTES, capped
-from khan.lab import Lab
+from khan.demo.lab import Lab
 from tests.e2e.test_agent_http import free_port, get, wait_ready
 from tests.support.exposition import KHAN, connections, khan, lab_with_traffic, samples
 

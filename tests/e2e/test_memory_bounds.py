@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from khan.lab import private_prefix, table_namespace
+from khan.demo.namespaces import private_prefix
 from tests.support.exposition import samples, value
 from tests.support.kube_agent import RunningAgent
 from tests.support.lab_agent import file_agent, total
 from tests.support.outside_peers import SOURCE, send_to_peers
+from tests.support.table_fill import table_namespace
 
 MAX_SERIES = 100
 PEERS_PER_POLL = 10_000

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from khan.conntrack.namespace import entered
-from khan.lab import private_prefix
+from khan.demo.namespaces import private_prefix
 from tests.support.protected_agent import PORT, Agent, private_netns, running_agent
 
 CONNECTIONS = 4

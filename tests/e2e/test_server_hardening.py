@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from khan.conntrack.namespace import entered
-from khan.lab import private_prefix, table_namespace
+from khan.demo.namespaces import private_prefix
 from tests.support.protected_agent import PORT, private_netns, running_agent
 from tests.support.serving_load import SERIES, agent, fill_distinct_series, wait_for_series
+from tests.support.table_fill import table_namespace
 
 CAP = 32
 SILENT_SOCKETS = 600

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from khan.lab import private_prefix, table_namespace
+from khan.demo.namespaces import private_prefix
 from khan.web.routes import MAX_FLOWS_LIMIT
 from tests.e2e.test_agent_http import get
 from tests.support.exposition import value
@@ -34,6 +34,7 @@ from tests.support.serving_load import (
     time_probes,
     wait_for_series,
 )
+from tests.support.table_fill import table_namespace
 
 SCRAPERS = 8
 FLOWS_CLIENTS = 16

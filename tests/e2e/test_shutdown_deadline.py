@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from khan.lab import private_prefix
+from khan.demo.namespaces import private_prefix
 from tests.e2e.test_agent_http import free_port, get, wait_ready
 from tests.support.exposition import KHAN, value
 

@@ -16,7 +16,7 @@ import bcrypt
 import pytest
 import yaml
 
-from khan.lab import private_prefix
+from khan.demo.namespaces import private_prefix
 from tests.support.auth_flood import flooding, scrape_and_probe
 from tests.support.exposition import KHAN
 from tests.support.protected_agent import EMPTY_INVENTORY, LabCa, private_netns, running_agent

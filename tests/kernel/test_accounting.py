@@ -6,8 +6,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from khan.lab import table_namespace
 from tests.support.lab_agent import file_agent, total
+from tests.support.table_fill import table_namespace
 
 
 def acct(netns: str) -> str:

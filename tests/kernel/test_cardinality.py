@@ -11,10 +11,14 @@ from typing import Any
 import pytest
 import yaml
 
-from khan.lab import Lab, fill_udp_flows, private_prefix, table_namespace
+from khan.demo.inventory import inventory_objects
+from khan.demo.lab import Lab
+from khan.demo.namespaces import private_prefix
+from khan.demo.traffic import start_demo_traffic
 from tests.support.exposition import samples
 from tests.support.kube_agent import RunningAgent
 from tests.support.lab_agent import file_agent, total
+from tests.support.table_fill import fill_udp_flows, table_namespace
 
 PAIRS = 20_000
 DESTINATIONS = tuple(f"10.77.{i // 250}.{i % 250 + 1}" for i in range(100))
@@ -70,7 +74,7 @@ def test_20000_pairs_fold_into_1000_series_per_family_with_exact_totals(busy_tab
 
 @pytest.fixture
 def deployment_lab(tmp_path: Path) -> Iterator[tuple[Lab, RunningAgent]]:
-    objects = Lab.inventory_objects()
+    objects = inventory_objects()
     for item in objects:
         if item["kind"] == "Pod" and item["metadata"]["name"] in ("pod-a", "pod-b"):
             item["metadata"]["labels"] = {"app": "web", "pod-template-hash": "5d8f7"}
@@ -78,7 +82,7 @@ def deployment_lab(tmp_path: Path) -> Iterator[tuple[Lab, RunningAgent]]:
     inventory = tmp_path / "inventory.yaml"
     write_list(inventory, objects)
     with Lab.create(prefix=private_prefix("khanwl")) as lab:
-        lab.start_demo_traffic()
+        start_demo_traffic(lab)
         extra = ["--aggregate", "workload"]
         with file_agent(lab.netns("node1"), inventory, "node1", tmp_path, extra=extra) as agent:
             agent.wait_ready()

@@ -10,7 +10,11 @@ from collections.abc import Iterator
 import pytest
 
 from khan.attribution.labels import COUNT_ONCE
-from khan.lab import CLUSTER_IP, SERVICE_PORT, Lab, private_prefix
+from khan.demo.inventory import write_inventory
+from khan.demo.lab import Lab
+from khan.demo.namespaces import private_prefix
+from khan.demo.topology import CLUSTER_IP, SERVICE_PORT
+from khan.demo.traffic import start_demo_traffic
 from tests.support.exposition import samples
 from tests.support.kube_agent import RunningAgent
 from tests.support.lab_agent import file_agent, total
@@ -23,8 +27,8 @@ def two_nodes(
     workdir = tmp_path_factory.mktemp("count-once")
     inventory = workdir / "inventory.yaml"
     with Lab.create(prefix=private_prefix("khanonce")) as lab:
-        expected = lab.start_demo_traffic()
-        lab.write_inventory(inventory)
+        expected = start_demo_traffic(lab)
+        write_inventory(inventory)
         truth = {(e.src_ip, e.dst_ip, str(e.dst_port)) for e in expected if e.transport == "tcp"}
         with (
             file_agent(lab.netns("node1"), inventory, "node1", workdir) as node1,

@@ -20,11 +20,16 @@ from pathlib import Path
 
 import pytest
 
-from khan.lab import CLUSTER_IP, SERVICE_BACKEND, SERVICE_PORT, Lab, fill_udp_flows, private_prefix
+from khan.demo.inventory import write_inventory
+from khan.demo.lab import Lab
+from khan.demo.namespaces import private_prefix
+from khan.demo.topology import CLUSTER_IP, SERVICE_BACKEND, SERVICE_PORT
 from tests.support.conntrack_recorder import Record, Recording, recording
 from tests.support.exposition import samples
 from tests.support.host_agent import host_agent, total
+from tests.support.netns import run_in
 from tests.support.scripted_traffic import close, connect, exchange, scripted_server, udp_datagram, udp_responder
+from tests.support.table_fill import fill_udp_flows
 
 POD_A, POD_C = "10.244.1.10", "10.244.2.10"
 TCP_C, UDP_C = (POD_C, 5440), (POD_C, 5441)  # pod-c sits behind node1's route to node2: node1 tracks them
@@ -46,16 +51,17 @@ TRANSPORTS = {6: "tcp", 17: "udp"}
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, Path]]:
     inventory = tmp_path_factory.mktemp("differential") / "inventory.yaml"
-    Lab.write_inventory(inventory)
+    write_inventory(inventory)
     with Lab.create(prefix=private_prefix("khandiff")) as lab:
         sysctls = [f"net.netfilter.nf_conntrack_{name}={value}" for name, value in SHORT_TIMEOUTS.items()]
-        lab.run("node1", ["sysctl", "-qw", *sysctls], check=True)
+        run_in(lab, "node1", ["sysctl", "-qw", *sysctls], check=True)
         for cidr in ("10.76.0.0/16", "10.77.0.0/16"):  # the filler's addresses, local to node1 only
-            lab.run("node1", ["ip", "route", "add", "local", cidr, "dev", "lo"], check=True)
+            run_in(lab, "node1", ["ip", "route", "add", "local", cidr, "dev", "lo"], check=True)
         # The filler is unreplied UDP: it must outlive the test, not expire with the test's UDP.
-        lab.run("node1", ["sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout=600"], check=True)
+        run_in(lab, "node1", ["sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout=600"], check=True)
         fill_udp_flows(lab.netns("node1"), FILLER_ENTRIES)
-        lab.run(
+        run_in(
+            lab,
             "node1",
             ["sysctl", "-qw", f"net.netfilter.nf_conntrack_udp_timeout={SHORT_TIMEOUTS['udp_timeout']}"],
             check=True,

@@ -21,13 +21,18 @@ import pytest
 from khan.attribution import schema
 from khan.conntrack.events import EventReader
 from khan.counting.counters import CounterView, Counting
+from khan.demo.inventory import write_inventory
+from khan.demo.lab import Lab
+from khan.demo.namespaces import private_prefix
+from khan.demo.topology import CLUSTER_IP, SERVICE_BACKEND, SERVICE_PORT
 from khan.inventory.from_file import load_inventory
 from khan.inventory.index import Inventory
-from khan.lab import CLUSTER_IP, SERVICE_BACKEND, SERVICE_PORT, Lab, fill_udp_flows, private_prefix
 from khan.polling.poll import poll
 from khan.polling.result import PollResult
 from tests.support.conntrack_recorder import Record, Recording, recording
+from tests.support.netns import run_in
 from tests.support.scripted_traffic import ScriptedServer, close, connect, exchange, scripted_server
+from tests.support.table_fill import fill_udp_flows
 
 POD_A = "10.244.1.10"
 EXPIRY_SECONDS = 1  # node1's CLOSE and TIME_WAIT timeouts in this test
@@ -62,9 +67,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         timeouts = [
             f"net.netfilter.nf_conntrack_tcp_timeout_{state}={EXPIRY_SECONDS}" for state in ("close", "time_wait")
         ]
-        lab.run("node1", ["sysctl", "-qw", *timeouts, "net.netfilter.nf_conntrack_udp_timeout=600"], check=True)
+        run_in(lab, "node1", ["sysctl", "-qw", *timeouts, "net.netfilter.nf_conntrack_udp_timeout=600"], check=True)
         for cidr in ("10.76.0.0/16", "10.77.0.0/16"):  # fill_udp_flows' addresses, local to node1 only
-            lab.run("node1", ["ip", "route", "add", "local", cidr, "dev", "lo"], check=True)
+            run_in(lab, "node1", ["ip", "route", "add", "local", cidr, "dev", "lo"], check=True)
         fill_udp_flows(lab.netns("node1"), FILLER_ENTRIES)
         yield lab
 
@@ -72,7 +77,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 @pytest.fixture
 def agent(lab: Lab, tmp_path: Path) -> Iterator[Agent]:
     inventory_file = tmp_path / "inventory.yaml"
-    lab.write_inventory(inventory_file)
+    write_inventory(inventory_file)
     counting = Counting(max_series=10_000, ttl_seconds=900)
     reader = EventReader(counting.tracker.observe_events, counting.tracker, lab.netns("node1"))
     reader.start()

@@ -13,9 +13,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from khan.lab import CLUSTER_IP, SERVICE_BACKEND, SERVICE_PORT, Lab, private_prefix
+from khan.demo.inventory import write_inventory
+from khan.demo.lab import Lab
+from khan.demo.namespaces import private_prefix
+from khan.demo.topology import CLUSTER_IP, SERVICE_BACKEND, SERVICE_PORT
 from tests.support.conntrack_recorder import Record, recording
 from tests.support.host_agent import host_agent, total
+from tests.support.netns import run_in
 from tests.support.scripted_traffic import close, connect, exchange, scripted_server
 
 POD_A = "10.244.1.10"
@@ -30,9 +34,9 @@ def to_service(record: Record) -> bool:
 
 def test_after_an_overflow_the_opened_count_and_the_bound_cover_every_connection(tmp_path: Path) -> None:
     inventory = tmp_path / "inventory.yaml"
-    Lab.write_inventory(inventory)
+    write_inventory(inventory)
     with Lab.create(prefix=private_prefix("khanloss")) as lab:
-        lab.run("node1", ["sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_timeout_close=1"], check=True)
+        run_in(lab, "node1", ["sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_timeout_close=1"], check=True)
         with (
             scripted_server(lab, "pod-b", SERVICE_BACKEND) as backend,
             recording(lab.netns("node1")) as witness,
@@ -49,7 +53,7 @@ def test_after_an_overflow_the_opened_count_and_the_bound_cover_every_connection
                     exchange(client, 100 + index, 300)
                     close(client, reset=True)
                 time.sleep(1.3)  # the short ones' entries expire; a dump by another program removes them
-                lab.run("node1", ["conntrack", "-L"], capture_output=True, check=True)
+                run_in(lab, "node1", ["conntrack", "-L"], capture_output=True, check=True)
                 witness.wait_for(lambda record: to_service(record) and record.kind == "DESTROY", SHORT)
                 resumed = time.time()
                 agent.resume()

@@ -27,10 +27,13 @@ from typing import Any
 import pytest
 import yaml
 
-from khan.lab import Lab, private_prefix
+from khan.demo.inventory import inventory_objects
+from khan.demo.lab import Lab
+from khan.demo.namespaces import private_prefix
 from tests.e2e.test_agent_http import free_port, get, wait_ready
 from tests.support.exposition import KHAN, samples
 from tests.support.host_agent import total
+from tests.support.netns import run_in
 from tests.support.scripted_traffic import recv_exactly
 
 PREFIX = "khancountlab"
@@ -64,7 +67,7 @@ class Setup:
 
 
 def api_service() -> dict[str, Any]:
-    (web,) = [obj for obj in Lab.inventory_objects() if obj["kind"] == "Service"]
+    (web,) = [obj for obj in inventory_objects() if obj["kind"] == "Service"]
     service = copy.deepcopy(web)
     service["metadata"].update(name="api", labels={"app": "api"}, uid="7e0b5c1a-0c1e-4a5e-9a55-6b1f6c0a0020")
     service["spec"].update(clusterIP=API_IP, clusterIPs=[API_IP])
@@ -76,14 +79,14 @@ def api_service() -> dict[str, Any]:
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     workdir = tmp_path_factory.mktemp("counting-lab")
     inventory = workdir / "inventory.yaml"
-    items = [*Lab.inventory_objects(), api_service()]
+    items = [*inventory_objects(), api_service()]
     document = {"apiVersion": "v1", "kind": "List", "items": items, "metadata": {"resourceVersion": ""}}
     inventory.write_text(yaml.safe_dump(document, sort_keys=False))
     # The namespaces, and with them the table and sysctls, go at the end.
     with Lab.create(prefix=private_prefix(PREFIX)) as lab:
-        lab.run("node1", ["nft", "-f", "-"], input=API_RULESET, text=True, check=True, capture_output=True)
+        run_in(lab, "node1", ["nft", "-f", "-"], input=API_RULESET, text=True, check=True, capture_output=True)
         sysctls = [f"net.netfilter.nf_conntrack_tcp_timeout_{name}=1" for name in SHORT_TIMEOUTS]
-        lab.run("node1", ["sysctl", "-qw", *sysctls], check=True, capture_output=True)
+        run_in(lab, "node1", ["sysctl", "-qw", *sysctls], check=True, capture_output=True)
         yield Setup(lab, inventory, workdir)
 
 

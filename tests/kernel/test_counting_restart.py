@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from khan.lab import Lab, private_prefix
+from khan.demo.inventory import write_inventory
+from khan.demo.lab import Lab
+from khan.demo.namespaces import private_prefix
+from khan.demo.traffic import start_demo_traffic
 from tests.support.lab_agent import file_agent, total
 
 PAIR = {"src_name": "pod-a", "dst_name": "pod-c", "dst_port": "5432"}
@@ -14,8 +17,8 @@ PAIR = {"src_name": "pod-a", "dst_name": "pod-c", "dst_port": "5432"}
 def test_a_restarted_agent_counts_from_zero(tmp_path: Path) -> None:
     inventory = tmp_path / "inventory.yaml"
     with Lab.create(prefix=private_prefix("khanrestart")) as lab:
-        lab.start_demo_traffic()  # one pod-a -> pod-c connection, open before any agent starts
-        lab.write_inventory(inventory)
+        start_demo_traffic(lab)  # one pod-a -> pod-c connection, open before any agent starts
+        write_inventory(inventory)
         with file_agent(lab.netns("node1"), inventory, "node1", tmp_path) as first:
             first.wait_ready()
             for _ in range(5):

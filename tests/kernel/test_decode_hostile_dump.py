@@ -16,11 +16,12 @@ from khan.conntrack import netlink
 from khan.conntrack.decode import CT_ENTRY_TYPE, NLMSG_DONE, ChunkResult, Flow, Template, decode_chunk
 from khan.conntrack.namespace import entered
 from khan.conntrack.netlink import ConntrackError, DumpStats, dump_flows
-from khan.lab import fill_udp_flows, private_prefix, table_namespace
+from khan.demo.namespaces import private_prefix
 from khan.settings import Settings
 from khan.snapshot_command import run_snapshot
 from tests.support.exposition import samples, value
 from tests.support.netlink_fixtures import message_offsets
+from tests.support.table_fill import fill_udp_flows, table_namespace
 
 FLOWS = 40
 TIMEOUT_SECONDS = 0.3

@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from khan.lab import Lab, private_prefix
+from khan.demo.inventory import write_inventory
+from khan.demo.lab import Lab
+from khan.demo.namespaces import private_prefix
+from khan.demo.traffic import start_demo_traffic
 from tests.support.exposition import samples
 from tests.support.kube_agent import RunningAgent
 from tests.support.lab_agent import file_agent, total
@@ -27,8 +30,8 @@ TINY_BUFFER = "4096"
 def stormed(tmp_path: Path) -> Iterator[tuple[Lab, RunningAgent]]:
     inventory = tmp_path / "inventory.yaml"
     with Lab.create(prefix=private_prefix("khanstorm")) as lab:
-        lab.start_demo_traffic()
-        lab.write_inventory(inventory)
+        start_demo_traffic(lab)
+        write_inventory(inventory)
         extra = ["--event-buffer", TINY_BUFFER]
         with file_agent(lab.netns("node1"), inventory, "node1", tmp_path, interval=30, extra=extra) as agent:
             agent.wait_ready()

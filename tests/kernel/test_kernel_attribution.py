@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from khan.lab import Lab
+from khan.demo.lab import Lab
 from tests.support.exposition import connections, khan, lab_with_traffic, value
 from tests.support.lab_series import (
     NODE1_SERIES,

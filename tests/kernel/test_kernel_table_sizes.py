@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from khan.lab import FILL_DESTINATIONS, FILL_PORTS, FILL_SOURCES, fill_udp_flows, table_namespace
 from tests.support.exposition import connections, khan, value
+from tests.support.table_fill import FILL_DESTINATIONS, FILL_PORTS, FILL_SOURCES, fill_udp_flows, table_namespace
 
 
 def test_empty_table_gives_no_series_and_zero_entries() -> None:

@@ -11,8 +11,12 @@ from typing import NamedTuple
 import pytest
 import yaml
 
-from khan import lab as lab_module
-from khan.lab import Expected, Lab, LabError, cleanup_stale
+from khan.demo import lab as lab_module
+from khan.demo.inventory import write_inventory
+from khan.demo.lab import Lab
+from khan.demo.namespaces import LabError, cleanup_stale, private_prefix
+from khan.demo.traffic import Expected, start_demo_traffic
+from tests.support.netns import run_in
 
 PREFIX = f"kt{os.getpid() % 100000}"
 
@@ -59,8 +63,8 @@ def parse_entry(line: str) -> Entry:
 def conntrack_table(lab: Lab, node: str) -> list[Entry]:
     entries = []
     for family in ("ipv4", "ipv6"):
-        result = lab.run(
-            node, ["conntrack", "-L", "-f", family, "-o", "extended"], capture_output=True, text=True, check=True
+        result = run_in(
+            lab, node, ["conntrack", "-L", "-f", family, "-o", "extended"], capture_output=True, text=True, check=True
         )
         entries += [parse_entry(line) for line in result.stdout.splitlines() if line.strip()]
     return entries
@@ -75,7 +79,7 @@ def lab_namespaces(prefix: str) -> list[str]:
 def demo() -> Iterator[tuple[Lab, list[Expected]]]:
     prefix = f"{PREFIX}d"
     with Lab.create(prefix) as lab:
-        yield lab, lab.start_demo_traffic()
+        yield lab, start_demo_traffic(lab)
     assert lab_namespaces(prefix) == []
 
 
@@ -134,7 +138,7 @@ def test_sockets_are_created_inside_the_host_namespace(demo: tuple[Lab, list[Exp
     lab, _ = demo
     with pytest.raises(LabError, match="cannot listen"):
         lab.listen_tcp("pod-a", "10.244.1.11", 9999)  # pod-b's address does not exist in pod-a
-    result = lab.run("pod-a", ["ip", "-brief", "addr", "show", "dev", "eth0"], capture_output=True, text=True)
+    result = run_in(lab, "pod-a", ["ip", "-brief", "addr", "show", "dev", "eth0"], capture_output=True, text=True)
     assert "10.244.1.10/24" in result.stdout
 
 
@@ -145,7 +149,7 @@ def test_namespaces_are_deleted_when_the_block_raises() -> None:
     def build_and_fail() -> None:
         with Lab.create(prefix) as lab:
             seen.extend(lab_namespaces(prefix))
-            lab.start_demo_traffic()
+            start_demo_traffic(lab)
             raise ZeroDivisionError
 
     with pytest.raises(ZeroDivisionError):
@@ -183,7 +187,7 @@ def test_a_private_prefix_removes_labs_of_gone_processes_and_keeps_running_ones(
     for name in (orphan, running):
         subprocess.run(["ip", "netns", "add", name], check=True)
     try:
-        assert lab_module.private_prefix(stem) == f"{stem}{os.getpid()}"
+        assert private_prefix(stem) == f"{stem}{os.getpid()}"
         assert lab_namespaces(f"{stem}{gone.pid}") == []  # killed before its teardown: deleted
         assert lab_namespaces(f"{stem}{os.getppid()}") == [running]  # another run's lab, still in use: kept
     finally:
@@ -199,7 +203,7 @@ def test_set_up_without_root_fails_with_one_line(monkeypatch: pytest.MonkeyPatch
 
 def test_inventory_is_a_kubectl_list(tmp_path: Path) -> None:
     path = tmp_path / "inventory.yaml"
-    Lab.write_inventory(path)
+    write_inventory(path)
     document = yaml.safe_load(path.read_text())
     assert (document["apiVersion"], document["kind"]) == ("v1", "List")
     items = {

@@ -12,8 +12,8 @@ import pytest
 
 from khan.conntrack.namespace import entered
 from khan.conntrack.table import CPU_STATS, MAX_SYSCTL, StatsError, split_messages, stats_attributes
-from khan.lab import table_namespace
 from tests.support.exposition import khan, samples, value
+from tests.support.table_fill import table_namespace
 
 INVALID_PACKETS = 3
 

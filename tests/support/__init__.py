@@ -1,1 +1,1 @@
-"""What the tests and benchmarks share: the lab's agents, traffic, servers and recorded input."""
+"""Helpers the tests and the benchmarks share; nothing here ships with khan."""

@@ -11,7 +11,10 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from khan.attribution.schema import CONNECTION_LABELS
-from khan.lab import Lab, private_prefix
+from khan.demo.inventory import write_inventory
+from khan.demo.lab import Lab
+from khan.demo.namespaces import private_prefix
+from khan.demo.traffic import start_demo_traffic
 
 KHAN = [sys.executable, "-m", "khan"]
 
@@ -56,6 +59,6 @@ def lab_with_traffic(prefix: str, directory: Path) -> Iterator[tuple[Lab, Path]]
     """The lab with its demo traffic flowing and its inventory written to directory/inventory.yaml."""
     inventory = directory / "inventory.yaml"
     with Lab.create(prefix=private_prefix(prefix)) as lab:
-        lab.start_demo_traffic()
-        lab.write_inventory(inventory)
+        start_demo_traffic(lab)
+        write_inventory(inventory)
         yield lab, inventory

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from khan.lab import Lab
+from khan.demo.lab import Lab
 from tests.e2e.test_agent_http import free_port, get, wait_ready
 from tests.support.exposition import KHAN, samples
 from tests.support.kube_cluster import stop_process

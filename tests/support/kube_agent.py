@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from khan.conntrack.namespace import entered
-from khan.lab import Lab
+from khan.demo.inventory import inventory_objects
+from khan.demo.lab import Lab
 from tests.support.exposition import KHAN, Series, connections, samples
 from tests.support.kube_cluster import API_PORT, DEPLOY, Cluster, stop_process
 from tests.support.lab_series import NODE1_SERIES
@@ -151,5 +152,5 @@ def create_lab_objects(cluster: Cluster, objects: Sequence[dict[str, Any]]) -> N
 
 
 def lab_object(kind: str, name: str) -> dict[str, Any]:
-    (found,) = [obj for obj in Lab.inventory_objects() if obj["kind"] == kind and obj["metadata"]["name"] == name]
+    (found,) = [obj for obj in inventory_objects() if obj["kind"] == kind and obj["metadata"]["name"] == name]
     return found

@@ -8,7 +8,7 @@ import socket
 import threading
 from collections.abc import Iterator
 
-from khan.lab import Lab
+from khan.demo.lab import Lab
 
 
 @contextlib.contextmanager

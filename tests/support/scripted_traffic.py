@@ -12,7 +12,7 @@ import struct
 import threading
 from collections.abc import Iterator
 
-from khan.lab import Lab
+from khan.demo.lab import Lab
 
 HEADER = struct.Struct("!II")  # (request bytes including this header, reply bytes)
 LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on with 0 s: close() sends a RST

@@ -17,10 +17,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from khan.lab import FILL_PORTS, fill_udp_flows
 from tests.e2e.test_agent_http import free_port, get
 from tests.support.exposition import KHAN
 from tests.support.kube_cluster import stop_process
+from tests.support.table_fill import FILL_PORTS, fill_udp_flows
 
 # 10 sources x 125 destinations x 8 ports: every flow is its own (src_ip, dst_ip, dst_port) series.
 SOURCES = tuple(f"10.76.0.{i}" for i in range(1, 11))

@@ -24,7 +24,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"metrics"}),  # families and exposition
     frozenset({"web"}),  # HTTP serving
     frozenset({"app", "snapshot_command"}),  # the commands' composition
-    frozenset({"demo", "lab"}),  # the demo: the agent on a lab
+    frozenset({"demo"}),  # `khan demo`: the agent on a lab of network namespaces
     frozenset({"options"}),  # the option table: each flag, its variable, parser and help, once
     frozenset({"cli"}),  # flags -> Settings; dispatch
     frozenset({"__main__"}),  # python -m khan

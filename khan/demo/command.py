@@ -12,7 +12,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from khan.app import Agent
-from khan.lab import HOSTS, Lab
+from khan.demo.inventory import write_inventory
+from khan.demo.lab import Lab
+from khan.demo.topology import HOSTS
+from khan.demo.traffic import start_demo_traffic
 from khan.settings import Settings
 
 REFRESH_SECONDS = 20.0  # UDP entries that saw one reply expire after 30 s: renew them so the demo keeps them
@@ -20,9 +23,9 @@ REFRESH_SECONDS = 20.0  # UDP entries that saw one reply expire after 30 s: rene
 
 def run_demo(settings: Settings) -> None:
     with Lab.create() as lab, tempfile.TemporaryDirectory(prefix="khan-demo-") as workdir:
-        expected = lab.start_demo_traffic()
+        expected = start_demo_traffic(lab)
         inventory = Path(workdir) / "inventory.yaml"
-        lab.write_inventory(inventory)
+        write_inventory(inventory)
         agent = Agent(replace(settings, inventory=str(inventory), node_name="node1", netns=lab.netns("node1")))
         host = settings.listen_host or "localhost"
         url = f"http://{host}:{settings.listen_port}/metrics"
