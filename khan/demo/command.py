@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from khan.app import Agent
+from khan.attribution.schema import ConnectionLabels
 from khan.demo.inventory import write_inventory
 from khan.demo.lab import Lab
 from khan.demo.topology import HOSTS
@@ -45,11 +46,12 @@ async def _serve(agent: Agent, lab: Lab, url: str) -> None:
         while agent.health.last is None:
             await asyncio.sleep(0.1)
         print("\nkhan_connection series on node1 (src -> dst, port, transport, state, seen_from, count):")
-        for labels, count in sorted(agent.health.last.connections.items()):
-            _, s_type, s_ip, s_ns, _, s_name, d_type, d_ip, d_ns, _, d_name, port, transport, state, seen_from = labels
-            source = f"{s_type} {s_ns + '/' if s_ns else ''}{s_name or s_ip}"
-            target = f"{d_type} {d_ns + '/' if d_ns else ''}{d_name or d_ip}"
-            print(f"  {source:28} -> {target:28} {port or '-':>5} {transport:6} {state:12} {seen_from:11} {count}")
+        for values, count in sorted(agent.health.last.connections.items()):
+            c = ConnectionLabels._make(values)
+            source = f"{c.src_type} {c.src_ns + '/' if c.src_ns else ''}{c.src_name or c.src_ip}"
+            target = f"{c.dst_type} {c.dst_ns + '/' if c.dst_ns else ''}{c.dst_name or c.dst_ip}"
+            port = c.dst_port or "-"
+            print(f"  {source:28} -> {target:28} {port:>5} {c.transport:6} {c.state:12} {c.seen_from:11} {count}")
         print(f"\nmetrics: {url}   (curl -s {url} | grep khan_connection)")
         print("Ctrl-C stops the agent and removes the lab.")
 
