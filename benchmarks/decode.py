@@ -11,7 +11,8 @@ Reported, as the median CPU time of --runs runs, in ms per table:
   shape per dump; the fuzz tests lean on it).
 
 With --before FILE (the decode.py of another checkout), that decoder is timed too, its runs alternating with
-this checkout's so that a busy machine weighs on both alike.
+this checkout's (and which goes first alternating as well) so that a busy machine weighs on both alike. Timing
+this checkout against its own decode.py shows the harness's noise: a few percent either way.
 
     .venv/bin/python benchmarks/decode.py [--entries 262144] [--runs 7] [--before /tmp/base/khan/conntrack/decode.py]
 """
@@ -31,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from khan.conntrack import decode  # noqa: E402
+from khan.conntrack import decode
 
 RECORDED_DUMP = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "netlink" / "lab_dump.bin"
 BATCH_BYTES = 32 * 1024
@@ -53,7 +54,9 @@ def recorded_messages() -> list[bytes]:
 
 
 def dump_buffers(messages: list[bytes], entries: int) -> list[bytes]:
-    buffers, current, size = [], [], 0
+    buffers: list[bytes] = []
+    current: list[bytes] = []
+    size = 0
     for i in range(entries):
         message = messages[i % len(messages)]
         if size + len(message) > BATCH_BYTES:
@@ -111,7 +114,8 @@ def workloads(module: ModuleType, entries: int) -> dict[str, Callable[[], int]]:
 
 def load_decoder(path: Path) -> ModuleType:
     spec = importlib.util.spec_from_file_location("decode_before", path)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # NamedTuple and dataclass definitions look their module up
     spec.loader.exec_module(module)
@@ -130,8 +134,8 @@ def main() -> None:
     for path in paths["after"]:
         times: dict[str, list[float]] = {name: [] for name in decoders}
         counted = {}
-        for _ in range(args.runs):
-            for name in decoders:
+        for run in range(args.runs):
+            for name in list(decoders)[:: 1 if run % 2 else -1]:  # who runs first alternates too
                 started = time.process_time()
                 counted[name] = paths[name][path]()
                 times[name].append((time.process_time() - started) * 1000)
