@@ -286,7 +286,7 @@ def _compile_template(buf: bytes | bytearray, start: int, end: int, flow: Flow) 
         layout = _classify(buf, start, end, flow.proto)
     except MalformedAttribute:
         return None
-    return _build_template(layout, buf, start, flow)
+    return _build_template(layout, buf, flow)
 
 
 # Classify: one walk over an entry's attributes records where each value Flow needs lies, and which bytes must match.
@@ -356,7 +356,8 @@ def _add_value(layout: EntryLayout, value: int, length: int, code: str, role: st
 # Build: the classified layout becomes one struct over the whole body, and the map from its fields to Flow's.
 
 
-def _build_template(layout: EntryLayout, buf: bytes | bytearray, start: int, flow: Flow) -> Template | None:
+def _build_template(layout: EntryLayout, buf: bytes | bytearray, flow: Flow) -> Template | None:
+    """The template of a classified entry, if it reads back exactly `flow` (decoded from the same bytes)."""
     shape = _struct_shape(layout)
     if shape is None:
         return None
@@ -366,7 +367,7 @@ def _build_template(layout: EntryLayout, buf: bytes | bytearray, start: int, flo
     if "reply_src" not in roles:  # decode_entry mirrors the original tuple
         roles.update({reply: roles[orig] for reply, orig in _MIRRORED_REPLY.items() if orig in roles})
     unpack = struct.Struct(fmt).unpack_from
-    values = unpack(buf, start)
+    values = unpack(buf, layout.body)
     defaults = tuple(_FLOW_DEFAULTS._replace(family=flow.family))
     fields = itemgetter(*(roles.get(name, len(values) + i) for i, name in enumerate(Flow._fields)))
     template = Template(unpack, itemgetter(*checked), tuple(values[i] for i in checked), fields, defaults)
