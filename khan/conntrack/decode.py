@@ -6,9 +6,9 @@ attribute layout, so the first entry of each shape is walked attribute by attrib
 into a template: one struct that reads the whole message at once and checks every attribute header. Every later
 entry of that shape costs one unpack, one comparison and one tuple; anything else falls back to the walk.
 
-No byte is trusted: every walk, over messages or attributes, stops at a length below its header or past its
-container and steps forward by 4 bytes or more, so no input can stall it; a bad entry is counted as malformed
-(tests/unit/test_decode_fuzz.py feeds it mutations of recorded dumps).
+No byte is trusted: the walk over messages here and the one over attributes (attributes.py) stop at a length
+below its header or past its container and step forward by 4 bytes or more, so no input can stall them; a bad
+entry is counted as malformed (tests/unit/test_decode_fuzz.py feeds it mutations of recorded dumps).
 
 Layout reference: include/uapi/linux/netfilter/nfnetlink_conntrack.h and ctnetlink_fill_info() in the kernel.
 """
@@ -20,15 +20,15 @@ from collections.abc import Callable, Iterator
 from operator import itemgetter
 from typing import Any, NamedTuple
 
+from khan.conntrack.attributes import NLA_HDRLEN, MalformedAttribute, attributes
+
 # Netlink framing (include/uapi/linux/netlink.h).
 NLMSG_HDRLEN = 16
 NLMSG_NOOP = 1
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 NLMSG_OVERRUN = 4
-NLM_F_MULTI = 0x2
 NLM_F_DUMP_INTR = 0x10
-NLA_TYPE_MASK = 0x3FFF  # strips NLA_F_NESTED and NLA_F_NET_BYTEORDER
 
 # nfnetlink: a conntrack entry arrives as subsystem CTNETLINK (1), message IPCTNL_MSG_CT_NEW (0) in a dump and in
 # NEW events; a DESTROY event is IPCTNL_MSG_CT_DELETE (2) with the same body, carrying the final counters.
@@ -123,158 +123,106 @@ class ChunkResult(NamedTuple):
     error: int  # errno from an NLMSG_ERROR, 0 if none
 
 
-class MalformedEntry(ValueError):
-    """An entry's attributes overran their container or lacked the original tuple."""
+class MalformedEntry(MalformedAttribute):
+    """An entry shorter than its nfgenmsg, without an original tuple, or whose tuple lacks its addresses."""
 
 
 _MSGHDR = struct.Struct("=IHH")
-_NLA = struct.Struct("=HH")
 _ERRNO = struct.Struct("=i")
 _BE16 = struct.Struct("!H")
 _BE32 = struct.Struct("!I")
 _BE64 = struct.Struct("!Q")
 
+Endpoints = tuple[int, bytes, bytes, int, int]  # a tuple's (proto, src, dst, sport, dport), in Flow's order
 
-def _decode_tuple(buf: bytes | bytearray, off: int, end: int) -> tuple[bytes, bytes, int, int, int]:
-    """A CTA_TUPLE_* body -> (src, dst, proto, sport, dport)."""
+
+def _decode_tuple(buf: bytes | bytearray, start: int, end: int) -> Endpoints:
+    """A CTA_TUPLE_* body -> (proto, src, dst, sport, dport)."""
     src = dst = b""
     proto = sport = dport = 0
-    unpack_nla = _NLA.unpack_from
-    while off + 4 <= end:
-        alen, atype = unpack_nla(buf, off)
-        if alen < 4 or off + alen > end:
-            raise MalformedEntry("tuple attribute overruns its tuple")
-        atype &= NLA_TYPE_MASK
-        inner, inner_end = off + 4, off + alen
-        while inner + 4 <= inner_end:
-            blen, btype = unpack_nla(buf, inner)
-            if blen < 4 or inner + blen > inner_end:
-                raise MalformedEntry("tuple member overruns its nest")
-            btype &= NLA_TYPE_MASK
-            value = inner + 4
-            if atype == CTA_TUPLE_IP:
-                if btype in (CTA_IP_V4_SRC, CTA_IP_V6_SRC):
-                    src = bytes(buf[value : inner + blen])
-                elif btype in (CTA_IP_V4_DST, CTA_IP_V6_DST):
-                    dst = bytes(buf[value : inner + blen])
-            elif atype == CTA_TUPLE_PROTO:
-                if btype == CTA_PROTO_NUM and blen >= 5:
+    for nest, nest_start, nest_length in attributes(buf, start, end):
+        for kind, value, length in attributes(buf, nest_start, nest_start + nest_length):
+            if nest == CTA_TUPLE_IP:
+                if kind in (CTA_IP_V4_SRC, CTA_IP_V6_SRC):
+                    src = bytes(buf[value : value + length])
+                elif kind in (CTA_IP_V4_DST, CTA_IP_V6_DST):
+                    dst = bytes(buf[value : value + length])
+            elif nest == CTA_TUPLE_PROTO:
+                if kind == CTA_PROTO_NUM and length >= 1:
                     proto = buf[value]
-                elif btype == CTA_PROTO_SRC_PORT and blen >= 6:
+                elif kind == CTA_PROTO_SRC_PORT and length >= 2:
                     sport = _BE16.unpack_from(buf, value)[0]
-                elif btype == CTA_PROTO_DST_PORT and blen >= 6:
+                elif kind == CTA_PROTO_DST_PORT and length >= 2:
                     dport = _BE16.unpack_from(buf, value)[0]
-            inner += (blen + 3) & ~3
-        off += (alen + 3) & ~3
     if len(src) not in (4, 16) or len(dst) != len(src):
         raise MalformedEntry("tuple without a source and destination address of one family")
-    return src, dst, proto, sport, dport
+    return proto, src, dst, sport, dport
 
 
-def _decode_nested_u8(buf: bytes | bytearray, off: int, end: int, outer: int, inner: int) -> int:
-    """The u8 at nest `outer` -> attribute `inner` (CTA_PROTOINFO -> TCP -> STATE), the first if repeated;
-    NO_TCP_STATE if absent. Every header of both levels is checked, also past the value: the template compiler
-    walks them all, and must only ever meet headers that passed here."""
+def _decode_tcp_state(buf: bytes | bytearray, start: int, end: int) -> int:
+    """A CTA_PROTOINFO body -> its TCP state, the first if repeated; NO_TCP_STATE if absent. Every header of both
+    levels is walked, also past the value: the template compiler walks them all, and must only ever meet headers
+    that passed here."""
     found = NO_TCP_STATE
-    unpack_nla = _NLA.unpack_from
-    while off + 4 <= end:
-        alen, atype = unpack_nla(buf, off)
-        if alen < 4 or off + alen > end:
-            raise MalformedEntry("nested attribute overruns its nest")
-        if atype & NLA_TYPE_MASK == outer:
-            pos, stop = off + 4, off + alen
-            while pos + 4 <= stop:
-                blen, btype = unpack_nla(buf, pos)
-                if blen < 4 or pos + blen > stop:
-                    raise MalformedEntry("nested attribute overruns its nest")
-                if btype & NLA_TYPE_MASK == inner and blen >= 5 and found == NO_TCP_STATE:
-                    found = buf[pos + 4]
-                pos += (blen + 3) & ~3
-        off += (alen + 3) & ~3
+    for nest, nest_start, nest_length in attributes(buf, start, end):
+        if nest == CTA_PROTOINFO_TCP:
+            for kind, value, length in attributes(buf, nest_start, nest_start + nest_length):
+                if kind == CTA_PROTOINFO_TCP_STATE and length >= 1 and found == NO_TCP_STATE:
+                    found = buf[value]
     return found
 
 
-def _decode_counters(buf: bytes | bytearray, off: int, end: int) -> tuple[int, int]:
+def _decode_counters(buf: bytes | bytearray, start: int, end: int) -> tuple[int, int]:
+    """A CTA_COUNTERS_* body -> (packets, bytes)."""
     packets = octets = 0
-    unpack_nla = _NLA.unpack_from
-    while off + 4 <= end:
-        alen, atype = unpack_nla(buf, off)
-        if alen < 4 or off + alen > end:
-            raise MalformedEntry("counter overruns its nest")
-        atype &= NLA_TYPE_MASK
-        if alen >= 12:
-            if atype == CTA_COUNTERS_PACKETS:
-                packets = _BE64.unpack_from(buf, off + 4)[0]
-            elif atype == CTA_COUNTERS_BYTES:
-                octets = _BE64.unpack_from(buf, off + 4)[0]
-        off += (alen + 3) & ~3
+    for kind, value, length in attributes(buf, start, end):
+        if length >= 8:
+            if kind == CTA_COUNTERS_PACKETS:
+                packets = _BE64.unpack_from(buf, value)[0]
+            elif kind == CTA_COUNTERS_BYTES:
+                octets = _BE64.unpack_from(buf, value)[0]
     return packets, octets
 
 
 def decode_entry(buf: bytes | bytearray, start: int, end: int) -> Flow:
-    """One conntrack message's body (after nlmsghdr) -> Flow. Raises MalformedEntry on bad bytes."""
+    """One conntrack message's body (after nlmsghdr) -> Flow. Raises MalformedAttribute (MalformedEntry for an
+    entry that lacks its tuple) on bad bytes."""
     if end - start < NFGENMSG_LEN:
         raise MalformedEntry("message shorter than its nfgenmsg")
-    family = buf[start]
-    off = start + NFGENMSG_LEN
     orig = reply = None
     status = mark = ct_id = zone = 0
     tcp_state = NO_TCP_STATE
-    orig_packets = orig_bytes = reply_packets = reply_bytes = 0
-    unpack_nla = _NLA.unpack_from
-    unpack_be32 = _BE32.unpack_from
-    while off + 4 <= end:
-        alen, atype = unpack_nla(buf, off)
-        stop = off + alen
-        if alen < 4 or stop > end:
-            raise MalformedEntry("attribute overruns its message")
-        atype &= NLA_TYPE_MASK
-        if atype == CTA_TUPLE_ORIG:
-            orig = _decode_tuple(buf, off + 4, stop)
-        elif atype == CTA_TUPLE_REPLY:
-            reply = _decode_tuple(buf, off + 4, stop)
-        elif atype == CTA_STATUS and alen >= 8:
-            status = unpack_be32(buf, off + 4)[0]
-        elif atype == CTA_PROTOINFO:
-            tcp_state = _decode_nested_u8(buf, off + 4, stop, CTA_PROTOINFO_TCP, CTA_PROTOINFO_TCP_STATE)
-        elif atype == CTA_ID and alen >= 8:
-            ct_id = unpack_be32(buf, off + 4)[0]
-        elif atype == CTA_MARK and alen >= 8:
-            mark = unpack_be32(buf, off + 4)[0]
-        elif atype == CTA_COUNTERS_ORIG:
-            orig_packets, orig_bytes = _decode_counters(buf, off + 4, stop)
-        elif atype == CTA_COUNTERS_REPLY:
-            reply_packets, reply_bytes = _decode_counters(buf, off + 4, stop)
-        elif atype == CTA_ZONE and alen >= 6:
-            zone = _BE16.unpack_from(buf, off + 4)[0]
-        off += (alen + 3) & ~3
+    orig_counters = reply_counters = (0, 0)
+    for kind, value, length in attributes(buf, start + NFGENMSG_LEN, end):
+        if kind == CTA_TUPLE_ORIG:
+            orig = _decode_tuple(buf, value, value + length)
+        elif kind == CTA_TUPLE_REPLY:
+            reply = _decode_tuple(buf, value, value + length)
+        elif kind == CTA_STATUS and length >= 4:
+            status = _BE32.unpack_from(buf, value)[0]
+        elif kind == CTA_PROTOINFO:
+            tcp_state = _decode_tcp_state(buf, value, value + length)
+        elif kind == CTA_ID and length >= 4:
+            ct_id = _BE32.unpack_from(buf, value)[0]
+        elif kind == CTA_MARK and length >= 4:
+            mark = _BE32.unpack_from(buf, value)[0]
+        elif kind == CTA_COUNTERS_ORIG:
+            orig_counters = _decode_counters(buf, value, value + length)
+        elif kind == CTA_COUNTERS_REPLY:
+            reply_counters = _decode_counters(buf, value, value + length)
+        elif kind == CTA_ZONE and length >= 2:
+            zone = _BE16.unpack_from(buf, value)[0]
     if orig is None:
         raise MalformedEntry("entry without an original tuple")
-    if reply is None:
-        reply = (orig[1], orig[0], orig[2], orig[4], orig[3])
+    proto, src, dst, sport, dport = orig
+    if reply is None:  # the kernel always sends one; mirror the original tuple if it did not
+        reply = (proto, dst, src, dport, sport)
+    family = buf[start]
     if family not in (AF_INET, AF_INET6):
-        family = AF_INET if len(orig[0]) == 4 else AF_INET6
-    return Flow(
-        family,
-        orig[2],
-        orig[0],
-        orig[1],
-        orig[3],
-        orig[4],
-        reply[0],
-        reply[1],
-        reply[3],
-        reply[4],
-        status,
-        tcp_state if orig[2] == IPPROTO_TCP else NO_TCP_STATE,
-        ct_id,
-        zone,
-        mark,
-        orig_packets,
-        orig_bytes,
-        reply_packets,
-        reply_bytes,
-    )
+        family = AF_INET if len(src) == 4 else AF_INET6
+    if proto != IPPROTO_TCP:
+        tcp_state = NO_TCP_STATE
+    return Flow(family, *orig, *reply[1:], status, tcp_state, ct_id, zone, mark, *orig_counters, *reply_counters)
 
 
 class Template(NamedTuple):
@@ -289,7 +237,7 @@ class Template(NamedTuple):
 
 MAX_TEMPLATES = 64  # distinct entry shapes remembered; a kernel emits a handful (family x protocol x accounting)
 
-# Attributes whose payload the template reads: (nest path, attribute type) -> (struct code, Flow field).
+# Attributes whose payload the template reads: (nest, attribute type) -> (struct code, Flow field).
 _TUPLE_VALUES = {
     (CTA_TUPLE_IP, CTA_IP_V4_SRC): ("4s", "src"),
     (CTA_TUPLE_IP, CTA_IP_V4_DST): ("4s", "dst"),
@@ -307,110 +255,167 @@ _TOP_VALUES = {
 }
 _COUNTER_VALUES = {CTA_COUNTERS_PACKETS: "packets", CTA_COUNTERS_BYTES: "bytes"}
 _CODE_SIZES = {"B": 1, "H": 2, "I": 4, "Q": 8, "4s": 4, "16s": 16}
+# A reply tuple the entry lacks is read from the original one, as decode_entry mirrors it.
+_MIRRORED_REPLY = {"reply_src": "dst", "reply_dst": "src", "reply_sport": "dport", "reply_dport": "sport"}
+_FLOW_DEFAULTS = Flow(0, 0, b"", b"", 0, 0, b"", b"", 0, 0, 0, NO_TCP_STATE, 0, 0, 0, 0, 0, 0, 0)
+
+
+class ValueSlot(NamedTuple):
+    """A value Flow needs, where it lies in the message body."""
+
+    offset: int
+    code: str  # struct code
+    role: str  # the Flow field it fills
+
+
+class EntryLayout(NamedTuple):
+    """One message body's bytes, classified: the values Flow needs, the spans that must match in every message of
+    this shape (attribute headers, the family and version, the padding after a value); the rest may vary (payloads
+    khan ignores, such as timeouts). Offsets count from the start of the body."""
+
+    body: int  # where the body starts in the buffer classified
+    size: int
+    values: list[ValueSlot]
+    checked: list[tuple[int, int]]  # (offset, end)
 
 
 def _compile_template(buf: bytes | bytearray, start: int, end: int, flow: Flow) -> Template | None:
-    """Describe the message at buf[start:end] (already decoded into `flow`) as a reusable template.
-
-    Every byte is classed as a value Flow needs, a byte that must match (attribute headers, the family, the
-    padding after a value: runs of them are read as one bytes object each) or a byte that may vary (payloads
-    khan ignores, such as timeouts). Returns None for shapes better left to decode_entry.
-    """
-    size = end - start
-    check = [False] * size
-    check[0] = check[1] = True  # nfgen family and version; res_id may vary
-    value_slots: dict[int, tuple[str, str]] = {}  # offset -> (struct code, Flow field)
-    unpack_nla = _NLA.unpack_from
-
-    def members(pos: int, stop: int) -> Iterator[tuple[int, int, int]]:
-        """(offset, length, type) of each attribute in buf[pos:stop], its header marked as checked. decode_entry
-        has checked these headers already; one that lies anyway raises, never loops: each step is 4 bytes or more."""
-        while pos + 4 <= stop:
-            alen, atype = unpack_nla(buf, pos)
-            if alen < 4 or pos + alen > stop:
-                raise MalformedEntry("attribute overruns its nest")
-            check[pos - start : pos - start + 4] = [True] * 4
-            yield pos, alen, atype & NLA_TYPE_MASK
-            pos += (alen + 3) & ~3
-
-    def value(off: int, alen: int, code: str, role: str) -> None:
-        width = _CODE_SIZES[code]
-        if alen - 4 >= width:
-            rel = off + 4 - start
-            value_slots[rel] = (code, role)
-            padded = min(off + ((alen + 3) & ~3) - start, size)
-            check[rel + width : padded] = [True] * (padded - rel - width)
-
+    """Describe the message body at buf[start:end] (already decoded into `flow`) as a reusable template, or None
+    for shapes better left to decode_entry."""
     try:
-        for off, alen, atype in members(start + NFGENMSG_LEN, end):
-            if atype in (CTA_TUPLE_ORIG, CTA_TUPLE_REPLY):
-                prefix = "" if atype == CTA_TUPLE_ORIG else "reply_"
-                for pos, nlen, ntype in members(off + 4, off + alen):
-                    for inner, blen, btype in members(pos + 4, pos + nlen):
-                        wanted = _TUPLE_VALUES.get((ntype, btype))
-                        if wanted and not (prefix and wanted[1] == "proto"):
-                            value(inner, blen, wanted[0], prefix + wanted[1])
-            elif atype in _TOP_VALUES:
-                value(off, alen, *_TOP_VALUES[atype])
-            elif atype == CTA_PROTOINFO:
-                for pos, nlen, ntype in members(off + 4, off + alen):
-                    if ntype == CTA_PROTOINFO_TCP:
-                        for inner, blen, btype in members(pos + 4, pos + nlen):
-                            if btype == CTA_PROTOINFO_TCP_STATE and flow.proto == IPPROTO_TCP:
-                                value(inner, blen, "B", "tcp_state")
-            elif atype in (CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY):
-                direction = "orig_" if atype == CTA_COUNTERS_ORIG else "reply_"
-                for pos, nlen, ntype in members(off + 4, off + alen):
-                    if ntype in _COUNTER_VALUES:
-                        value(pos, nlen, "Q", direction + _COUNTER_VALUES[ntype])
-    except MalformedEntry:
+        layout = _classify(buf, start, end, flow.proto)
+    except MalformedAttribute:
         return None
+    return _build_template(layout, buf, flow)
 
-    # One struct over the whole message: values, runs of checked bytes ("Ns"), runs of ignored bytes ("Nx").
-    fmt, checked, roles, index, position = ["!"], [], {}, 0, 0
-    while position < size:
-        if position in value_slots:
-            code, role = value_slots[position]
-            if role in roles:
-                return None  # an attribute twice: decode_entry decides which one counts
-            roles[role] = index
-            if role == "proto":
-                checked.append(index)  # one template per protocol keeps tcp_state's default right
-            fmt.append(code)
-            position += _CODE_SIZES[code]
-            index += 1
-            continue
-        run = position
-        kind = check[position]
-        while run < size and check[run] == kind and run not in value_slots:
-            run += 1
-        if kind:
-            fmt.append(f"{run - position}s")
-            checked.append(index)
-            index += 1
-        else:
-            fmt.append(f"{run - position}x")
-        position = run
+
+# Classify: one walk over an entry's attributes records where each value Flow needs lies, and which bytes must match.
+
+
+def _classify(buf: bytes | bytearray, start: int, end: int, proto: int) -> EntryLayout:
+    """What each attribute of the entry at buf[start:end] is. decode_entry has checked every header this meets
+    already; one that lies anyway raises MalformedAttribute."""
+    layout = EntryLayout(start, end - start, [], [(0, 2)])  # nfgen family and version; res_id may vary
+    for kind, value, length in _walk(layout, buf, start + NFGENMSG_LEN, end):
+        if kind == CTA_TUPLE_ORIG:
+            _classify_tuple(layout, buf, value, value + length, "")
+        elif kind == CTA_TUPLE_REPLY:
+            _classify_tuple(layout, buf, value, value + length, "reply_")
+        elif kind in _TOP_VALUES:
+            _add_value(layout, value, length, *_TOP_VALUES[kind])
+        elif kind == CTA_PROTOINFO:
+            _classify_protoinfo(layout, buf, value, value + length, proto)
+        elif kind == CTA_COUNTERS_ORIG:
+            _classify_counters(layout, buf, value, value + length, "orig_")
+        elif kind == CTA_COUNTERS_REPLY:
+            _classify_counters(layout, buf, value, value + length, "reply_")
+    return layout
+
+
+def _classify_tuple(layout: EntryLayout, buf: bytes | bytearray, start: int, end: int, prefix: str) -> None:
+    for nest, nest_start, nest_length in _walk(layout, buf, start, end):
+        for kind, value, length in _walk(layout, buf, nest_start, nest_start + nest_length):
+            wanted = _TUPLE_VALUES.get((nest, kind))
+            if wanted and not (prefix and wanted[1] == "proto"):  # one protocol: the original tuple's
+                _add_value(layout, value, length, wanted[0], prefix + wanted[1])
+
+
+def _classify_protoinfo(layout: EntryLayout, buf: bytes | bytearray, start: int, end: int, proto: int) -> None:
+    for nest, nest_start, nest_length in _walk(layout, buf, start, end):
+        if nest == CTA_PROTOINFO_TCP:
+            for kind, value, length in _walk(layout, buf, nest_start, nest_start + nest_length):
+                if kind == CTA_PROTOINFO_TCP_STATE and proto == IPPROTO_TCP:
+                    _add_value(layout, value, length, "B", "tcp_state")
+
+
+def _classify_counters(layout: EntryLayout, buf: bytes | bytearray, start: int, end: int, direction: str) -> None:
+    for kind, value, length in _walk(layout, buf, start, end):
+        if kind in _COUNTER_VALUES:
+            _add_value(layout, value, length, "Q", direction + _COUNTER_VALUES[kind])
+
+
+def _walk(layout: EntryLayout, buf: bytes | bytearray, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """The attributes in buf[start:end], each header recorded as bytes that must match."""
+    for kind, value, length in attributes(buf, start, end):
+        offset = value - layout.body
+        layout.checked.append((offset - NLA_HDRLEN, offset))
+        yield kind, value, length
+
+
+def _add_value(layout: EntryLayout, value: int, length: int, code: str, role: str) -> None:
+    """The value at buf[value], if its attribute is wide enough for `code`; the padding after it must match."""
+    width = _CODE_SIZES[code]
+    if length >= width:
+        offset = value - layout.body
+        layout.values.append(ValueSlot(offset, code, role))
+        padded_end = min(offset + ((length + 3) & ~3), layout.size)
+        if padded_end > offset + width:
+            layout.checked.append((offset + width, padded_end))
+
+
+# Build: the classified layout becomes one struct over the whole body, and the map from its fields to Flow's.
+
+
+def _build_template(layout: EntryLayout, buf: bytes | bytearray, flow: Flow) -> Template | None:
+    """The template of a classified entry, if it reads back exactly `flow` (decoded from the same bytes)."""
+    shape = _struct_shape(layout)
+    if shape is None:
+        return None
+    fmt, checked, roles = shape
     if "src" not in roles or "dst" not in roles:
         return None
     if "reply_src" not in roles:  # decode_entry mirrors the original tuple
-        for reply, orig in (
-            ("reply_src", "dst"),
-            ("reply_dst", "src"),
-            ("reply_sport", "dport"),
-            ("reply_dport", "sport"),
-        ):
-            if orig in roles:
-                roles[reply] = roles[orig]
-    layout = struct.Struct("".join(fmt))
-    values = layout.unpack_from(buf, start)
-    defaults = (flow.family, 0, b"", b"", 0, 0, b"", b"", 0, 0, 0, NO_TCP_STATE, 0, 0, 0, 0, 0, 0, 0)
+        roles.update({reply: roles[orig] for reply, orig in _MIRRORED_REPLY.items() if orig in roles})
+    unpack = struct.Struct(fmt).unpack_from
+    values = unpack(buf, layout.body)
+    defaults = tuple(_FLOW_DEFAULTS._replace(family=flow.family))
     fields = itemgetter(*(roles.get(name, len(values) + i) for i, name in enumerate(Flow._fields)))
-    template = Template(layout.unpack_from, itemgetter(*checked), tuple(values[i] for i in checked), fields, defaults)
+    template = Template(unpack, itemgetter(*checked), tuple(values[i] for i in checked), fields, defaults)
     # The template must reproduce the generic decoder's answer exactly, or it is not used.
     if tuple.__new__(Flow, fields(values + defaults)) != flow:
         return None
     return template
+
+
+def _struct_shape(layout: EntryLayout) -> tuple[str, list[int], dict[str, int]] | None:
+    """(struct format, indexes of the fields that must match, index of each Flow field read); None if a Flow field
+    is read twice (an attribute twice: decode_entry decides which one counts). Values are read with their struct
+    code, each run of checked bytes as one "Ns" field (fewer fields: a faster unpack and compare), each run of
+    ignored bytes skipped ("Nx")."""
+    pieces: list[tuple[int, int, ValueSlot | None]] = [(offset, end, None) for offset, end in _runs(layout.checked)]
+    pieces += [(slot.offset, slot.offset + _CODE_SIZES[slot.code], slot) for slot in layout.values]
+    codes: list[str] = ["!"]
+    checked: list[int] = []
+    roles: dict[str, int] = {}
+    position = 0
+    for field, (offset, end, slot) in enumerate(sorted(pieces, key=itemgetter(0))):
+        if offset > position:
+            codes.append(f"{offset - position}x")
+        if slot is None:
+            codes.append(f"{end - offset}s")
+            checked.append(field)
+        elif slot.role in roles:
+            return None
+        else:
+            codes.append(slot.code)
+            roles[slot.role] = field
+            if slot.role == "proto":
+                checked.append(field)  # one template per protocol keeps tcp_state's default right
+        position = end
+    if position < layout.size:
+        codes.append(f"{layout.size - position}x")
+    return "".join(codes), checked, roles
+
+
+def _runs(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(offset, end) spans, those that touch merged into one."""
+    runs: list[tuple[int, int]] = []
+    for offset, end in sorted(spans):
+        if runs and offset <= runs[-1][1]:
+            runs[-1] = (runs[-1][0], max(end, runs[-1][1]))
+        else:
+            runs.append((offset, end))
+    return runs
 
 
 def decode_chunk(
@@ -441,8 +446,7 @@ def decode_chunk(
     pos = 0
     while pos + header_len <= length:
         mlen, mtype, mflags = unpack_hdr(buf, pos)
-        end = pos + mlen
-        if mlen < header_len or end > length:
+        if mlen < header_len or pos + mlen > length:
             malformed += 1
             break
         if mflags & intr_flag:
@@ -455,20 +459,11 @@ def decode_chunk(
                     append(new(Flow, flow_fields(values + defaults)))
                     break
             else:
-                try:
-                    flow = decode_entry(buf, pos + header_len, end)
-                except (MalformedEntry, struct.error, IndexError):
+                if not _decode_new_shape(buf, pos + header_len, pos + mlen, append, templates):
                     malformed += 1
-                else:
-                    append(flow)
-                    _remember(templates, mlen, buf, pos + header_len, end, flow)
-        elif mtype == NLMSG_DONE:
+        elif mtype in (NLMSG_DONE, NLMSG_ERROR):
             done = True
-            break
-        elif mtype == NLMSG_ERROR:
-            if mlen >= NLMSG_HDRLEN + 4:
-                error = -_ERRNO.unpack_from(buf, pos + NLMSG_HDRLEN)[0]
-            done = True
+            error = _errno(buf, pos, mlen) if mtype == NLMSG_ERROR else 0
             break
         elif mtype not in (NLMSG_NOOP, NLMSG_OVERRUN):
             other += 1
@@ -476,11 +471,23 @@ def decode_chunk(
     return ChunkResult(malformed, other, done, interrupted, error)
 
 
-def _remember(
-    templates: dict[int, list[Template]], mlen: int, buf: bytes | bytearray, start: int, end: int, flow: Flow
-) -> None:
-    if sum(map(len, templates.values())) >= MAX_TEMPLATES:
-        return
-    template = _compile_template(buf, start, end, flow)
-    if template is not None:
-        templates.setdefault(mlen, []).append(template)
+def _decode_new_shape(
+    buf: bytes | bytearray, start: int, end: int, append: Callable[[Flow], None], templates: dict[int, list[Template]]
+) -> bool:
+    """An entry no template fits: walk it, and remember its shape. False if its bytes do not parse."""
+    try:
+        flow = decode_entry(buf, start, end)
+    except (MalformedAttribute, struct.error, IndexError):
+        return False
+    append(flow)
+    mlen = end - start + NLMSG_HDRLEN
+    if sum(map(len, templates.values())) < MAX_TEMPLATES:
+        template = _compile_template(buf, start, end, flow)
+        if template is not None:
+            templates.setdefault(mlen, []).append(template)
+    return True
+
+
+def _errno(buf: bytes | bytearray, pos: int, mlen: int) -> int:
+    """The error an NLMSG_ERROR message at `pos` carries; 0 for an acknowledgement or a message too short."""
+    return -_ERRNO.unpack_from(buf, pos + NLMSG_HDRLEN)[0] if mlen >= NLMSG_HDRLEN + 4 else 0

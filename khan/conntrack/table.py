@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from khan.conntrack.decode import NFGENMSG_LEN, NLA_TYPE_MASK, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN
+from khan.conntrack.attributes import MalformedAttribute, attributes
+from khan.conntrack.decode import NFGENMSG_LEN, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN
 from khan.conntrack.netlink import NFNL_SUBSYS_CTNETLINK, NLM_F_DUMP, describe_error, open_socket, request
 
 ACCT_SYSCTL = Path("/proc/sys/net/netfilter/nf_conntrack_acct")
@@ -34,7 +35,6 @@ CPU_STATS = (
 RECEIVE_BUFFER_BYTES = 64 * 1024  # one message per CPU, ~130 bytes each
 
 _HEADER = struct.Struct("=IHHII")
-_ATTR = struct.Struct("=HH")
 _BE32 = struct.Struct(">I")
 
 
@@ -114,14 +114,11 @@ def stats_attributes(payload: memoryview) -> dict[int, int | None]:
 
     A truncated attribute ends the list (what came before it stands)."""
     found: dict[int, int | None] = {}
-    offset = NFGENMSG_LEN
-    while offset + _ATTR.size <= len(payload):
-        length, kind = _ATTR.unpack_from(payload, offset)
-        if length < _ATTR.size or offset + length > len(payload):
-            break
-        value = payload[offset + _ATTR.size : offset + length]
-        found[kind & NLA_TYPE_MASK] = _BE32.unpack(value)[0] if len(value) == _BE32.size else None
-        offset += (length + 3) & ~3
+    try:
+        for kind, value, length in attributes(payload, NFGENMSG_LEN, len(payload)):
+            found[kind] = _BE32.unpack_from(payload, value)[0] if length == _BE32.size else None
+    except MalformedAttribute:
+        pass
     return found
 
 
