@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -405,3 +408,17 @@ def test_a_protocol_error_is_not_a_crash() -> None:
     reflected = reflect(api)
     assert reflected.stats.errors == {("watch", "invalid"): 1}
     assert reflected.stats.crashes_in_a_row == 0
+
+
+# The layer below.
+
+
+def test_the_reflector_needs_neither_kubernetes_asyncio_nor_aiohttp() -> None:
+    """Only khan.inventory.kube_transport talks to the client library: the state machine loads without it."""
+    code = (
+        "import sys, khan.inventory.reflector; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('kubernetes_asyncio', 'aiohttp')))"
+    )
+    root = Path(__file__).resolve().parent.parent  # this khan, whatever the working directory
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root).stdout
+    assert found.strip() == "[]"
