@@ -140,8 +140,9 @@ class Reflector:
         self._resource_version = listed.resource_version
         self._heard()
         if listed.skipped:
-            skipped, why = listed.skipped, "no name or wrong shape"
-            log.warning("objects_skipped", resource=self.resource, skipped=skipped, reason=why)
+            log.warning(
+                "objects_skipped", resource=self.resource, skipped=listed.skipped, reason="no name or wrong shape"
+            )
         if not self._stats.synced:
             self._stats.synced = True
             log.info("inventory_listed", resource=self.resource, objects=len(listed.projections))
