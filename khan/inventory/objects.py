@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, TypedDict, cast
+from typing import Any, NamedTuple
 
 # The kinds khan projects; everything else in an inventory is skipped.
 NODE = "Node"
@@ -28,94 +28,6 @@ KINDS: tuple[str, ...] = (NODE, POD, SERVICE)
 _FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
 # Hostname and the DNS types are names, not addresses.
 _NODE_ADDRESS_TYPES = frozenset({"InternalIP", "ExternalIP"})
-
-
-# The raw shapes, cut down to the fields khan reads. `total=False`: any of them may be missing.
-
-
-class RawOwnerReference(TypedDict, total=False):
-    kind: str
-    name: str
-    controller: bool
-
-
-class RawObjectMeta(TypedDict, total=False):
-    name: str
-    namespace: str
-    labels: dict[str, str]
-    creationTimestamp: str  # RFC 3339 (the file loader keeps even an unquoted YAML timestamp a string)
-    ownerReferences: list[RawOwnerReference]
-
-
-class RawPodIP(TypedDict, total=False):
-    ip: str
-
-
-class RawPodSpec(TypedDict, total=False):
-    hostNetwork: bool
-    nodeName: str
-
-
-class RawPodStatus(TypedDict, total=False):
-    phase: str
-    podIP: str
-    podIPs: list[RawPodIP]
-
-
-class RawPod(TypedDict, total=False):
-    apiVersion: str
-    kind: str
-    metadata: RawObjectMeta
-    spec: RawPodSpec
-    status: RawPodStatus
-
-
-class RawServiceSpec(TypedDict, total=False):
-    clusterIP: str
-    clusterIPs: list[str]  # "None" for a headless service
-    externalIPs: list[str]
-
-
-class RawLoadBalancerIngress(TypedDict, total=False):
-    ip: str  # some clouds give only a hostname, which khan cannot attribute
-
-
-class RawLoadBalancerStatus(TypedDict, total=False):
-    ingress: list[RawLoadBalancerIngress]
-
-
-class RawServiceStatus(TypedDict, total=False):
-    loadBalancer: RawLoadBalancerStatus
-
-
-class RawService(TypedDict, total=False):
-    apiVersion: str
-    kind: str
-    metadata: RawObjectMeta
-    spec: RawServiceSpec
-    status: RawServiceStatus
-
-
-class RawNodeAddress(TypedDict, total=False):
-    type: str
-    address: str
-
-
-class RawNodeSpec(TypedDict, total=False):
-    podCIDR: str
-    podCIDRs: list[str]
-
-
-class RawNodeStatus(TypedDict, total=False):
-    addresses: list[RawNodeAddress]
-
-
-class RawNode(TypedDict, total=False):
-    apiVersion: str
-    kind: str
-    metadata: RawObjectMeta
-    spec: RawNodeSpec
-    status: RawNodeStatus
 
 
 # The records.
@@ -186,15 +98,15 @@ def project(obj: Mapping[str, Any], default_kind: str | None = None) -> Projecti
     if obj.get("apiVersion", "v1") != "v1":
         return None
     if kind == POD:
-        return project_pod(cast(RawPod, obj))
+        return project_pod(obj)
     if kind == SERVICE:
-        return project_service(cast(RawService, obj))
+        return project_service(obj)
     if kind == NODE:
-        return project_node(cast(RawNode, obj))
+        return project_node(obj)
     return None
 
 
-def project_pod(pod: RawPod) -> Projection | None:
+def project_pod(pod: Mapping[str, Any]) -> Projection | None:
     """Every pod IP (both families); nothing for a hostNetwork pod, whose addresses are its node's."""
     parts = _parts(pod, namespaced=True)
     if parts is None:
@@ -216,7 +128,7 @@ def project_pod(pod: RawPod) -> Projection | None:
     return Projection(key, _claims(values, owner, finished, meta.created))
 
 
-def project_service(service: RawService) -> Projection | None:
+def project_service(service: Mapping[str, Any]) -> Projection | None:
     """Cluster IPs (not "None"), external IPs and load-balancer ingress IPs."""
     parts = _parts(service, namespaced=True)
     if parts is None:
@@ -241,7 +153,7 @@ def project_service(service: RawService) -> Projection | None:
     return Projection(ObjectKey(SERVICE, meta.ns, meta.name), _claims(values, owner, False, meta.created))
 
 
-def project_node(node: RawNode) -> Projection | None:
+def project_node(node: Mapping[str, Any]) -> Projection | None:
     """Internal and external addresses, plus each pod CIDR's network address and first host (its gateway)."""
     parts = _parts(node, namespaced=False)
     if parts is None:

@@ -1,4 +1,5 @@
-"""The Kubernetes list and watch wire formats, as raw dicts: pages, events, Status errors, Retry-After.
+"""The Kubernetes list and watch wire formats, as raw dicts: pages, events, Status errors, Retry-After; and the
+typed outcomes a transport gives the reflector (`TransportError`, `ApiStatusError`, `StreamEnd`).
 
 Pure functions over bytes, so that the reflector's decisions can be tested without a server. Nothing here
 trusts the server's answer: anything of the wrong shape raises `ProtocolError` with what was wrong.
@@ -6,6 +7,7 @@ trusts the server's answer: anything of the wrong shape raises `ProtocolError` w
 
 from __future__ import annotations
 
+import enum
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +21,21 @@ EVENT_TYPES = frozenset({"ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"})
 
 class ProtocolError(Exception):
     """The server's answer is not what the list or watch protocol says it should be."""
+
+
+class TransportError(Exception):
+    """The request never got an HTTP answer, or its stream broke; `code` is "connection" or "timeout"."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+
+
+class StreamEnd(enum.Enum):
+    """How a watch stream ended without an error."""
+
+    CLOSED = "closed"  # the server ended it (its timeoutSeconds ran out): routine
+    SILENT = "silent"  # nothing arrived within the inactivity limit: presumed dead
 
 
 class ApiStatusError(Exception):

@@ -14,7 +14,6 @@ CLOSED = "closed"  # the server ended the stream (its timeout): routine
 EXPIRED = "expired"  # 410 Gone: the resourceVersion is too old, so the resource was listed again
 INACTIVE = "inactive"  # nothing, not even a bookmark, arrived for too long: the stream was presumed dead
 ERROR = "error"  # a request failed (connection, HTTP status, unreadable answer); retried after a backoff
-REASONS = (INITIAL, CLOSED, EXPIRED, INACTIVE, ERROR)
 
 # An attempt that fails with an unexpected exception (a bug, or a library release without an API khan uses) will
 # fail the same way every time, unlike an outage: this many in a row make the agent unready, so that it is seen

@@ -86,7 +86,7 @@ async def _review_client(settings: Settings) -> Any:
         raise ProtectionError(f"--auth kubernetes: {exc}") from None
     if config is None:
         raise ProtectionError("--auth kubernetes needs the Kubernetes API: run in a cluster or give --kubeconfig")
-    from khan.inventory.kube import ReviewClient  # the client library only when reviews are asked for
+    from khan.inventory.kube_reviews import ReviewClient  # the client library only when reviews are asked for
 
     client = ReviewClient(config)
     try:

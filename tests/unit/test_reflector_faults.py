@@ -1,499 +1,424 @@
-"""The pod reflector, driven by kubernetes_asyncio against a real in-process HTTP server that imitates
-/api/v1/pods, survives a misbehaving API server: 410s relist with a growing backoff instead of spinning, silent,
-oversized, garbage and broken streams are counted and resumed, Retry-After and 5xx answers are obeyed, and the
-normal paged list, events and bookmarks keep the cache and the resume point right."""
+"""The pod reflector's state machine, on virtual time against a scripted transport: 410s relist with a growing
+backoff instead of spinning, failed, silent and broken streams are counted and resumed where they stopped,
+Retry-After and 5xx answers are obeyed, the normal paged list, events and bookmarks keep the cache and the resume
+point right, and a watch that crashes every time turns readiness red. Each test asserts the exact requests, their
+(virtual) times, the delays slept and the restarts logged. What the transport makes of a real HTTP server is
+tests/test_kube_transport.py's business; the real API server's is tests/test_kube_inventory.py's."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-import json
 import socket
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-from aiohttp import web
-from kubernetes_asyncio import client as k8s
+from structlog.testing import capture_logs
 
-from khan.inventory import kube
 from khan.inventory import watch_stats as reasons
 from khan.inventory.objects import EXTERNAL, POD, Owner
+from khan.inventory.reflector import PAGE_SIZE, RESOURCES, Reflector, Timing
 from khan.inventory.watch_cache import WatchCache
+from khan.inventory.watch_protocol import ApiStatusError, ProtocolError, StreamEnd, TransportError
 from khan.inventory.watch_stats import ResourceStats, WatchStats
+from tests.kube_wire import (
+    ERROR_EVENT,
+    LIST_A,
+    LIST_RV,
+    POD_A,
+    POD_B,
+    bookmark,
+    event,
+    owner_of,
+    pod,
+    pod_list,
+)
 
-TEST_LIMIT_SECONDS = 10.0
-LIST_RV = "10"
-
-Handler = Callable[["FakeApi", web.Request, int], Awaitable[web.StreamResponse]]
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """kubernetes_asyncio's session trusts the environment: a proxy variable must not reroute 127.0.0.1."""
-    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-
-
-# The wire: pods, list pages, watch lines, Status objects.
-
-
-def pod(name: str, ip: str, rv: str, app: str = "web") -> dict[str, Any]:
-    return {
-        "metadata": {"name": name, "namespace": "shop", "resourceVersion": rv, "labels": {"app": app}},
-        "spec": {"nodeName": "node1"},
-        "status": {"phase": "Running", "podIP": ip},
-    }
+GONE = ApiStatusError(410, "too old resource version")
 
 
-def event(event_type: str, obj: Mapping[str, Any]) -> bytes:
-    return json.dumps({"type": event_type, "object": {"kind": "Pod", "apiVersion": "v1", **obj}}).encode() + b"\n"
-
-
-def bookmark(rv: str) -> bytes:
-    return event("BOOKMARK", {"metadata": {"resourceVersion": rv}})
-
-
-def status(code: int, reason: str, message: str) -> dict[str, Any]:
-    return {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": message,
-        "reason": reason,
-        "code": code,
-    }
-
-
-EXPIRED_STATUS = status(410, "Expired", "too old resource version")
-ERROR_EVENT = json.dumps({"type": "ERROR", "object": EXPIRED_STATUS}).encode() + b"\n"
-POD_A = pod("pod-a", "10.244.1.5", "5")
-
-
-def owner_of(name: str, app: str = "web") -> Owner:
-    return Owner("pod", "shop", app, name)
-
-
-def pod_list(items: list[dict[str, Any]], rv: str = LIST_RV, continue_token: str = "") -> web.Response:
-    metadata: dict[str, str] = {"resourceVersion": rv}
-    if continue_token:
-        metadata["continue"] = continue_token
-    return web.json_response({"kind": "PodList", "apiVersion": "v1", "metadata": metadata, "items": items})
-
-
-# The server.
-
-
-@dataclass(frozen=True)
-class Seen:
-    """One request as the server received it."""
-
-    at: float  # monotonic
-    query: Mapping[str, str]
-
-
-async def list_pod_a(api: FakeApi, request: web.Request, n: int) -> web.StreamResponse:
-    return pod_list([POD_A])
-
-
-async def hold_open(api: FakeApi, request: web.Request, n: int) -> web.StreamResponse:
-    """A healthy, quiet watch: headers sent, then nothing until the test ends."""
-    return await stream(api, request, [], then="hold")
+# The script: what each list and watch request gets, in order.
 
 
 @dataclass
-class FakeApi:
-    """/api/v1/pods: `on_list` answers lists, `on_watch` watches; both get the request's 1-based number."""
+class Stream:
+    """A watch answer: these lines, then `end` (a StreamEnd, or an error the stream raises) once `lasting`
+    seconds have passed since it opened."""
 
-    on_list: Handler = list_pod_a
-    on_watch: Handler = hold_open
-    lists: list[Seen] = field(default_factory=list)
-    watches: list[Seen] = field(default_factory=list)
-    released: asyncio.Event = field(default_factory=asyncio.Event)  # set at teardown: held handlers return
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        seen = Seen(time.monotonic(), dict(request.query))
-        if request.query.get("watch", "").lower() == "true":
-            self.watches.append(seen)
-            return await self.on_watch(self, request, len(self.watches))
-        self.lists.append(seen)
-        return await self.on_list(self, request, len(self.lists))
+    lines: Sequence[bytes] = ()
+    end: StreamEnd | Exception = StreamEnd.CLOSED
+    lasting: float = 45.0
 
 
-async def stream(api: FakeApi, request: web.Request, lines: Iterable[bytes], then: str) -> web.StreamResponse:
-    """A chunked watch answer of `lines`, then "end" it properly, "hold" it open, or "break" the connection."""
-    response = web.StreamResponse(headers={"Content-Type": "application/json"})
-    response.enable_chunked_encoding()
-    await response.prepare(request)
-    for line in lines:
-        await response.write(line)
-    if then == "hold":
-        await api.released.wait()
-    elif then == "break":
-        assert request.transport is not None
-        request.transport.close()  # no terminating chunk: the stream is cut in the middle
-        await api.released.wait()
-    else:
-        await response.write_eof()
-    return response
+class Played(BaseException):
+    """A request found the script played out: ends Reflector.run (which retries every Exception)."""
 
 
 @dataclass
-class Running:
-    api: FakeApi
+class VirtualTime:
+    """A clock that only sleeps move, and a random fraction that is always `fraction`."""
+
+    fraction: float = 0.5
+    now: float = 0.0
+    slept: list[float] = field(default_factory=list)
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+    def timing(self) -> Timing:
+        return Timing(clock=lambda: self.now, sleep=self.sleep, random=lambda: self.fraction)
+
+
+@dataclass
+class ScriptedApi:
+    """A reflector Transport answering from `lists` and `watches`; each request is recorded in `calls` as
+    ("list", at, continue token) or ("watch", at, resourceVersion, timeoutSeconds, inactivity limit)."""
+
+    lists: list[bytes | Exception]
+    watches: list[Stream | Exception] = field(default_factory=list)
+    time: VirtualTime = field(default_factory=VirtualTime)
+    calls: list[tuple[Any, ...]] = field(default_factory=list)
+
+    async def list_page(self, resource: str, limit: int, continue_token: str) -> bytes:
+        assert (resource, limit) == ("pods", PAGE_SIZE)
+        self.calls.append(("list", self.time.now, continue_token))
+        answer = _next(self.lists)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    @contextlib.asynccontextmanager
+    async def watch(
+        self, resource: str, resource_version: str, timeout_seconds: int, inactivity_seconds: float
+    ) -> AsyncIterator[ScriptedStream]:
+        assert resource == "pods"
+        self.calls.append(("watch", self.time.now, resource_version, timeout_seconds, inactivity_seconds))
+        answer = _next(self.watches)
+        if isinstance(answer, Exception):
+            raise answer
+        yield ScriptedStream(answer, self.time)
+
+    def times(self, verb: str) -> list[float]:
+        return [call[1] for call in self.calls if call[0] == verb]
+
+    def verbs(self) -> list[str]:
+        return [call[0] for call in self.calls]
+
+
+def _next(answers: list[Any]) -> Any:
+    if not answers:
+        raise Played
+    return answers.pop(0)
+
+
+@dataclass
+class ScriptedStream:
+    stream: Stream
+    time: VirtualTime
+    read: int = 0
+
+    async def next_line(self) -> bytes | StreamEnd:
+        if self.read < len(self.stream.lines):
+            self.read += 1
+            return self.stream.lines[self.read - 1]
+        self.time.now += self.stream.lasting
+        if isinstance(self.stream.end, Exception):
+            raise self.stream.end
+        return self.stream.end
+
+
+@dataclass
+class Reflected:
+    api: ScriptedApi
     cache: WatchCache
-    stats: ResourceStats
-    task: asyncio.Task[None]
-    started: float
     all_stats: WatchStats
+    logs: list[dict[str, Any]]
+
+    @property
+    def stats(self) -> ResourceStats:
+        return self.all_stats["pods"]
+
+    @property
+    def slept(self) -> list[float]:
+        return self.api.time.slept
+
+    def restarts(self) -> list[tuple[str, float, bool]]:
+        """(reason, retry_in_seconds, relist) of each watch_restart logged."""
+        found = [line for line in self.logs if line["event"] == "watch_restart"]
+        return [(line["reason"], line["retry_in_seconds"], line.get("relist", False)) for line in found]
 
     def owner(self, ip: str) -> Owner:
         return self.cache.inventory().owner(socket.inet_aton(ip))
 
-    def alive(self) -> bool:
-        return not self.task.done()
 
-
-async def eventually(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.01)
-
-
-@contextlib.asynccontextmanager
-async def reflecting(api: FakeApi, watch_timeout_seconds: float = 60.0) -> AsyncIterator[Running]:
-    """The fake API on a free port of 127.0.0.1 and a pod Reflector running against it through kubernetes_asyncio;
-    on exit the reflector is cancelled (it must still be running), the client closed and the server stopped."""
-    app = web.Application()
-    app.router.add_get("/api/v1/pods", api.handle)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    configuration = k8s.Configuration()
-    configuration.host = f"http://127.0.0.1:{port}"
-    api_client = k8s.ApiClient(configuration)
+def reflect(api: ScriptedApi, watch_timeout_seconds: float = 60.0) -> Reflected:
+    """The pod reflector run against `api` until the script is played out."""
     cache = WatchCache(deleted_pod_grace_seconds=60)
-    stats = WatchStats(tuple(kube.RESOURCES.values()))
-    call = k8s.CoreV1Api(api_client).list_pod_for_all_namespaces
-    reflector = kube.Reflector(POD, call, cache, stats, watch_timeout_seconds)
-    task = asyncio.create_task(reflector.run(), name="watch-pods")
-    try:
-        yield Running(api, cache, stats["pods"], task, time.monotonic(), stats)
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await api_client.close()
-        api.released.set()
-        await runner.cleanup()
-
-
-def run(scenario: Coroutine[Any, Any, None]) -> None:
-    async def bounded() -> None:
-        async with asyncio.timeout(TEST_LIMIT_SECONDS):
-            await scenario
-
-    asyncio.run(bounded())
-
-
-def gaps(seen: list[Seen]) -> list[float]:
-    return [later.at - earlier.at for earlier, later in itertools.pairwise(seen)]
+    stats = WatchStats(tuple(RESOURCES.values()), clock=lambda: api.time.now)
+    reflector = Reflector(POD, api, cache, stats, watch_timeout_seconds, timing=api.time.timing())
+    with capture_logs() as logs, pytest.raises(Played):
+        asyncio.run(reflector.run())
+    return Reflected(api, cache, stats, logs)
 
 
 # 410 Gone: relist, but never in a tight loop.
 
 
-def assert_relists_slowly(running: Running, watches_seen: int) -> None:
-    api, stats = running.api, running.stats
-    # Lists at ~0 s, ~0 s (the first relist is immediate), then after 0.5-1 s, 1-2 s, 2-4 s: four in 3 s, and a
-    # fifth is impossible before 3.5 s. A backoff that a successful list resets would relist hundreds of times.
-    between, lists = gaps(api.lists), len(api.lists)
-    assert 3 <= lists <= 5, f"{lists} lists in 3 s, {[round(gap, 2) for gap in between[:8]]} s apart"
-    assert between[0] < 0.4  # the first relist is immediate
-    assert between[1] >= 0.45  # the second waits 0.5-1 s
-    assert all(gap >= 0.95 for gap in between[2:])  # the third 1-2 s
-    assert stats.watch_starts[reasons.INITIAL] == 1
-    # A request the server has seen may not have been answered yet when the test looks.
-    assert len(api.lists) - 2 <= stats.watch_starts[reasons.EXPIRED] <= len(api.lists) - 1
-    assert watches_seen - 1 <= stats.errors["watch", "410"] <= watches_seen
-    assert set(stats.errors) == {("watch", "410")}
-    assert all(seen.query.get("resourceVersion") == LIST_RV for seen in api.watches)
+@pytest.mark.parametrize("expired", [Stream([ERROR_EVENT]), GONE], ids=["410-error-event", "410-on-the-watch-request"])
+def test_410_relists_with_a_growing_backoff_that_a_successful_list_does_not_reset(expired: Stream | Exception) -> None:
+    api = ScriptedApi(lists=[LIST_A] * 5, watches=[expired] * 5)
+    reflected = reflect(api)
+    # The first relist goes at once; after that 0.5, 1 and 2 s steps, each at three quarters (fraction 0.5).
+    assert api.verbs() == ["list", "watch"] * 5 + ["list"]
+    assert api.times("list") == [0.0, 0.0, 0.75, 2.25, 5.25, 11.25]
+    assert reflected.slept == [0.75, 1.5, 3.0, 6.0]
+    assert reflected.restarts() == [
+        (reasons.EXPIRED, 0.0, True),
+        (reasons.EXPIRED, 0.75, True),
+        (reasons.EXPIRED, 1.5, True),
+        (reasons.EXPIRED, 3.0, True),
+        (reasons.EXPIRED, 6.0, True),
+    ]
+    stats = reflected.stats
+    assert stats.watch_starts == {reasons.INITIAL: 1, reasons.EXPIRED: 4}
+    assert stats.errors == {("watch", "410"): 5}
+    assert all(call[2] == LIST_RV for call in api.calls if call[0] == "watch")
     assert stats.synced
     assert stats.last_error == "410 too old resource version"
-    assert running.owner("10.244.1.5") == owner_of("pod-a")  # each relist replaced the cache with the same pod
-    assert running.alive()
+    assert reflected.owner("10.244.1.5") == owner_of("pod-a")  # each relist replaced the cache with the same pod
 
 
-def test_410_error_events_relist_with_backoff_not_in_a_tight_loop() -> None:
-    async def expired(api: FakeApi, request: web.Request, n: int) -> web.StreamResponse:
-        return await stream(api, request, [ERROR_EVENT], then="end")
-
-    async def scenario() -> None:
-        api = FakeApi(on_watch=expired)
-        async with reflecting(api) as running:
-            await asyncio.sleep(3.0)
-            assert_relists_slowly(running, len(api.watches))
-
-    run(scenario())
-
-
-def test_http_410_on_watch_relists_with_backoff_not_in_a_tight_loop() -> None:
-    async def gone(api: FakeApi, request: web.Request, n: int) -> web.StreamResponse:
-        return web.json_response(EXPIRED_STATUS, status=410)
-
-    async def scenario() -> None:
-        api = FakeApi(on_watch=gone)
-        async with reflecting(api) as running:
-            await asyncio.sleep(3.0)
-            assert_relists_slowly(running, len(api.watches))
-
-    run(scenario())
+def test_a_410_after_a_watch_that_delivered_relists_at_once_again() -> None:
+    delivered_then_gone = Stream([event("ADDED", POD_B), ERROR_EVENT])
+    api = ScriptedApi(lists=[LIST_A] * 3, watches=[GONE, Stream([bookmark("12")]), delivered_then_gone])
+    reflected = reflect(api)
+    # The bookmark's watch worked: the backoff starts over, so the next 410 is a first one again.
+    assert reflected.restarts() == [
+        (reasons.EXPIRED, 0.0, True),
+        (reasons.CLOSED, 0.0, False),
+        (reasons.EXPIRED, 0.0, True),
+    ]
+    assert reflected.slept == []
+    assert [call[2] for call in api.calls if call[0] == "watch"] == [LIST_RV, LIST_RV, "12", LIST_RV]
 
 
-# A stream that says nothing, says too much, or says nonsense.
+# Watches that fail, go silent, break or say nonsense.
 
 
-def test_a_watch_that_never_answers_times_out_and_is_tried_again() -> None:
-    """--watch-timeout 1 gives timeoutSeconds=1 and sock_read = 1 + 1 = 2 s, which bounds the wait for the
-    headers: the request fails as a "timeout" error (not an "inactive" stream) and is retried after a backoff."""
-
-    async def silent(api: FakeApi, request: web.Request, n: int) -> web.StreamResponse:
-        if n == 1:
-            await api.released.wait()  # no status line, no headers, ever
-            return web.Response(status=504)  # to a connection the client has long closed
-        return await stream(api, request, [], then="hold")
-
-    async def scenario() -> None:
-        api = FakeApi(on_watch=silent)
-        async with reflecting(api, watch_timeout_seconds=1) as running:
-            await eventually(lambda: len(api.watches) >= 2, "a second watch request", timeout=6.0)
-            stats = running.stats
-            assert api.watches[0].query.get("timeoutSeconds") == "1"
-            gap = api.watches[1].at - api.watches[0].at
-            assert 1.9 <= gap <= 3.5, gap  # 2 s of sock_read, then a backoff of 0.25-0.5 s
-            assert stats.errors == {("watch", "timeout"): 1}
-            assert stats.watch_starts == {reasons.INITIAL: 1, reasons.ERROR: 1}
-            assert stats.last_error is not None
-            assert stats.last_error.startswith("watch pods:")
-            assert api.watches[1].query.get("resourceVersion") == LIST_RV
-            assert len(api.lists) == 1
-            assert running.alive()
-
-    run(scenario())
+def test_a_watch_request_that_fails_is_retried_after_a_backoff_from_where_it_was() -> None:
+    timed_out = TransportError("timeout", "watch pods: Timeout on reading data from socket")
+    api = ScriptedApi(lists=[LIST_A], watches=[timed_out])
+    reflected = reflect(api, watch_timeout_seconds=1)
+    # --watch-timeout 1: timeoutSeconds 1, and the inactivity limit (aiohttp's sock_read) 1 + 1 s.
+    assert api.calls == [("list", 0.0, ""), ("watch", 0.0, LIST_RV, 1, 2.0), ("watch", 0.375, LIST_RV, 1, 2.0)]
+    assert reflected.restarts() == [(reasons.ERROR, 0.38, False)]
+    stats = reflected.stats
+    assert stats.errors == {("watch", "timeout"): 1}
+    assert stats.watch_starts == {reasons.INITIAL: 1, reasons.ERROR: 1}
+    assert stats.last_error == "watch pods: Timeout on reading data from socket"
 
 
-def resumes_after_a_broken_first_stream(
-    after_good: list[bytes],
-    then: str,
-    code: str,
-    error_prefix: str | None = None,
-    owners: Mapping[str, Owner] | None = None,
+def test_a_silent_stream_is_presumed_dead_and_resumed_after_a_backoff() -> None:
+    api = ScriptedApi(lists=[LIST_A], watches=[Stream(end=StreamEnd.SILENT, lasting=75.0)])
+    reflected = reflect(api)
+    assert api.calls == [("list", 0.0, ""), ("watch", 0.0, LIST_RV, 45, 75.0), ("watch", 75.375, LIST_RV, 45, 75.0)]
+    assert reflected.restarts() == [(reasons.INACTIVE, 0.38, False)]
+    assert reflected.stats.watch_starts == {reasons.INITIAL: 1, reasons.INACTIVE: 1}
+    assert not reflected.stats.errors
+
+
+@pytest.mark.parametrize(
+    ("breaking", "code", "error"),
+    [
+        (Stream([event("ADDED", POD_B)], end=TransportError("connection", "watch stream broke: Line is too long")),
+         "connection", "watch stream broke: Line is too long"),
+        (Stream([event("ADDED", POD_B), b"<html>502 Bad Gateway</html>\n"]), "invalid", "not JSON"),
+        (Stream([event("ADDED", POD_B), b'{"type": "RENAMED", "object": {}}\n']), "invalid", "watch event of unknown"),
+    ],
+    ids=["stream-broke", "not-json", "unknown-event"],
+)  # fmt: skip
+def test_a_broken_stream_is_counted_and_resumed_after_its_last_good_event(
+    breaking: Stream, code: str, error: str
 ) -> None:
-    """The first watch delivers pod-b (resourceVersion 11), then `after_good` and `then`. One error is counted
-    under `code`, and the next watch resumes at 11 with no relist and pod-b still applied."""
-
-    async def first_stream_broken(api: FakeApi, request: web.Request, n: int) -> web.StreamResponse:
-        if n == 1:
-            good = event("ADDED", pod("pod-b", "10.244.1.6", "11"))
-            return await stream(api, request, [good, *after_good], then=then)
-        return await stream(api, request, [], then="hold")
-
-    async def scenario() -> None:
-        api = FakeApi(on_watch=first_stream_broken)
-        async with reflecting(api) as running:
-            await eventually(lambda: len(api.watches) >= 2, "a second watch request")
-            await asyncio.sleep(0.2)
-            stats = running.stats
-            assert stats.errors == {("watch", code): 1}
-            assert stats.watch_starts == {reasons.INITIAL: 1, reasons.ERROR: 1}
-            if error_prefix is not None:
-                assert stats.last_error is not None
-                assert stats.last_error.startswith(error_prefix)
-            assert api.watches[1].query.get("resourceVersion") == "11"  # after the last good event
-            assert running.owner("10.244.1.6") == owner_of("pod-b")  # the good event stays applied
-            for ip, owner in (owners or {}).items():
-                assert running.owner(ip) == owner
-            assert len(api.lists) == 1
-            assert running.alive()
-
-    run(scenario())
+    api = ScriptedApi(lists=[LIST_A], watches=[breaking])
+    reflected = reflect(api)
+    assert api.calls[2] == ("watch", 45.375 if code == "connection" else 0.375, "11", 45, 75.0)  # after pod-b
+    assert api.verbs() == ["list", "watch", "watch"]  # no relist
+    assert reflected.restarts() == [(reasons.ERROR, 0.38, False)]
+    stats = reflected.stats
+    assert stats.errors == {("watch", code): 1}
+    assert stats.watch_starts == {reasons.INITIAL: 1, reasons.ERROR: 1}
+    assert stats.last_error is not None
+    assert stats.last_error.startswith(error)
+    assert reflected.owner("10.244.1.6") == owner_of("pod-b")  # the good event stays applied
+    assert reflected.owner("10.244.1.5") == owner_of("pod-a")
 
 
-def test_an_event_longer_than_the_limit_breaks_the_stream_which_resumes(monkeypatch: pytest.MonkeyPatch) -> None:
-    limit = 64 * 1024
-    monkeypatch.setattr(kube, "MAX_EVENT_BYTES", limit)
-    huge = pod("pod-huge", "10.244.1.9", "12", app="x" * (2 * limit))
-    owners = {"10.244.1.5": owner_of("pod-a"), "10.244.1.9": EXTERNAL}
-    resumes_after_a_broken_first_stream([event("ADDED", huge)], "hold", "connection", owners=owners)
+def test_a_stream_that_ends_at_once_with_nothing_backs_off_and_one_that_worked_resets_the_backoff() -> None:
+    at_once = Stream(lasting=0.5)
+    api = ScriptedApi(
+        lists=[LIST_A],
+        watches=[at_once, at_once, Stream(lasting=1.0), Stream([bookmark("12")]), at_once],
+    )
+    reflected = reflect(api)
+    # A proxy cutting streams at once cannot make the agent spin; a quiet stream that ran its course is routine.
+    assert reflected.restarts() == [
+        (reasons.CLOSED, 0.38, False),
+        (reasons.CLOSED, 0.75, False),
+        (reasons.CLOSED, 0.0, False),
+        (reasons.CLOSED, 0.0, False),
+        (reasons.CLOSED, 0.38, False),  # the bookmark's stream delivered: the backoff started over
+    ]
+    assert reflected.slept == [0.375, 0.75, 0.375]
+    assert all(line["log_level"] == "debug" for line in reflected.logs if line["event"] == "watch_restart")
+    assert reflected.stats.watch_starts == {reasons.INITIAL: 1, reasons.CLOSED: 5}
 
 
-def test_a_line_that_is_not_json_is_counted_invalid_and_the_watch_resumes() -> None:
-    resumes_after_a_broken_first_stream([b"<html>502 Bad Gateway</html>\n"], "hold", "invalid", "not JSON")
+@pytest.mark.parametrize(
+    ("fraction", "watch_timeout", "timeout_seconds", "inactivity"),
+    [(0.0, 60, 30, 60.0), (0.5, 60, 45, 75.0), (1.0, 60, 60, 90.0), (1.0, 300, 300, 330.0), (0.0, 0.2, 1, 2.0)],
+)
+def test_the_watch_timeout_is_jittered_between_half_and_all_of_the_flag_and_the_stream_may_idle_a_margin_longer(
+    fraction: float, watch_timeout: float, timeout_seconds: int, inactivity: float
+) -> None:
+    api = ScriptedApi(lists=[LIST_A], time=VirtualTime(fraction))
+    reflect(api, watch_timeout_seconds=watch_timeout)
+    assert api.calls[1] == ("watch", 0.0, LIST_RV, timeout_seconds, inactivity)
 
 
 # Lists refused: Retry-After is obeyed, 5xx backs off.
 
 
 def test_a_429_list_waits_for_retry_after_then_syncs() -> None:
-    async def throttled(api: FakeApi, request: web.Request, n: int) -> web.StreamResponse:
-        if n == 1:
-            body = status(429, "TooManyRequests", "too many requests, please try again later")
-            return web.json_response(body, status=429, headers={"Retry-After": "2"})
-        return pod_list([POD_A])
-
-    async def scenario() -> None:
-        api = FakeApi(on_list=throttled)
-        async with reflecting(api) as running:
-            await eventually(lambda: running.stats.synced, "synced", timeout=5.0)
-            stats = running.stats
-            assert len(api.lists) == 2
-            gap = api.lists[1].at - api.lists[0].at
-            assert 1.95 <= gap <= 3.0, gap  # max(backoff of 0.25-0.5 s, Retry-After 2 s)
-            assert stats.errors == {("list", "429"): 1}
-            assert stats.last_error == "429 too many requests, please try again later"
-            await eventually(lambda: len(api.watches) == 1, "the watch")
-            assert running.owner("10.244.1.5") == owner_of("pod-a")
-            assert running.alive()
-
-    run(scenario())
+    throttled = ApiStatusError(429, "too many requests, please try again later", retry_after=2.0)
+    api = ScriptedApi(lists=[throttled, LIST_A])
+    reflected = reflect(api)
+    # max(a backoff of 0.375 s, Retry-After 2 s)
+    assert api.calls == [("list", 0.0, ""), ("list", 2.0, ""), ("watch", 2.0, LIST_RV, 45, 75.0)]
+    assert reflected.restarts() == [(reasons.ERROR, 2.0, True)]
+    stats = reflected.stats
+    assert stats.errors == {("list", "429"): 1}
+    assert stats.last_error == "429 too many requests, please try again later"
+    assert stats.watch_starts == {reasons.INITIAL: 1}
+    assert reflected.owner("10.244.1.5") == owner_of("pod-a")
 
 
 def test_500_lists_back_off_with_growing_delays_then_sync() -> None:
-    async def failing(api: FakeApi, request: web.Request, n: int) -> web.StreamResponse:
-        if n <= 3:
-            return web.json_response(status(500, "InternalError", "etcdserver: request timed out"), status=500)
-        return pod_list([POD_A])
-
-    async def scenario() -> None:
-        api = FakeApi(on_list=failing)
-        async with reflecting(api) as running:
-            await eventually(lambda: len(api.lists) >= 2, "a second list")
-            assert not running.stats.synced
-            await eventually(lambda: running.stats.synced, "synced", timeout=6.0)
-            stats = running.stats
-            assert len(api.lists) == 4
-            assert stats.errors == {("list", "500"): 3}
-            first, second, third = gaps(api.lists)
-            # Steps of 0.5, 1 and 2 s, each waited for between half and all of it.
-            assert 0.2 <= first <= 0.7, first
-            assert 0.45 <= second <= 1.2, second
-            assert 0.95 <= third <= 2.3, third
-            assert first < third
-            await eventually(lambda: len(api.watches) == 1, "the watch")
-            assert stats.watch_starts == {reasons.INITIAL: 1}  # the first watch, however many lists failed
-            assert running.owner("10.244.1.5") == owner_of("pod-a")
-            assert running.alive()
-
-    run(scenario())
+    failing = ApiStatusError(500, "etcdserver: request timed out")
+    api = ScriptedApi(lists=[failing, failing, failing, LIST_A])
+    reflected = reflect(api)
+    assert api.times("list") == [0.0, 0.375, 1.125, 2.625]
+    assert reflected.slept == [0.375, 0.75, 1.5]
+    assert reflected.restarts() == [
+        (reasons.ERROR, 0.38, True),
+        (reasons.ERROR, 0.75, True),
+        (reasons.ERROR, 1.5, True),
+    ]
+    stats = reflected.stats
+    assert stats.errors == {("list", "500"): 3}
+    assert stats.watch_starts == {reasons.INITIAL: 1}  # the first watch, however many lists failed
+    assert stats.synced
+    assert reflected.owner("10.244.1.5") == owner_of("pod-a")
 
 
-# The normal path, and a stream cut in the middle.
+def test_an_unreadable_list_is_counted_invalid_and_listed_again() -> None:
+    api = ScriptedApi(lists=[b'{"items": []}', LIST_A])
+    reflected = reflect(api)
+    assert api.times("list") == [0.0, 0.375]
+    assert reflected.stats.errors == {("list", "invalid"): 1}
+    assert reflected.restarts() == [(reasons.ERROR, 0.38, True)]
+
+
+# The normal path.
 
 
 def test_paged_list_events_and_bookmark_then_resume_from_the_bookmark() -> None:
-    events: asyncio.Queue[bytes | None] = asyncio.Queue()
-
-    async def two_pages(api: FakeApi, request: web.Request, n: int) -> web.StreamResponse:
-        assert request.query.get("limit") == str(kube.PAGE_SIZE)
-        token = request.query.get("continue")
-        if token is None:
-            return pod_list([POD_A], continue_token="abc")
-        if token == "abc":
-            return pod_list([pod("pod-b", "10.244.1.6", "7")])
-        return web.json_response(status(400, "BadRequest", f"unknown continue {token!r}"), status=400)
-
-    async def scripted(api: FakeApi, request: web.Request, n: int) -> web.StreamResponse:
-        if n > 1:
-            return await stream(api, request, [], then="hold")
-        response = web.StreamResponse(headers={"Content-Type": "application/json"})
-        response.enable_chunked_encoding()
-        await response.prepare(request)
-        while (line := await events.get()) is not None:
-            await response.write(line)
-        await response.write_eof()  # the server's timeoutSeconds ran out: a routine end
-        return response
-
-    async def scenario() -> None:
-        api = FakeApi(on_list=two_pages, on_watch=scripted)
-        async with reflecting(api) as running:
-            cache = running.cache
-            await eventually(lambda: len(api.watches) == 1, "the first watch")
-            assert [seen.query.get("continue") for seen in api.lists] == [None, "abc"]
-            assert running.stats.synced
-            assert cache.count(POD) == 2
-            assert running.owner("10.244.1.5") == owner_of("pod-a")
-            assert running.owner("10.244.1.6") == owner_of("pod-b")
-            first = api.watches[0].query
-            assert first.get("resourceVersion") == LIST_RV
-            assert first.get("allowWatchBookmarks", "").lower() == "true"
-
-            events.put_nowait(event("ADDED", pod("pod-c", "10.244.1.7", "11")))
-            await eventually(lambda: running.owner("10.244.1.7") == owner_of("pod-c"), "pod-c added")
-            assert cache.count(POD) == 3
-
-            events.put_nowait(event("MODIFIED", pod("pod-a", "10.244.1.5", "12", app="api")))
-            await eventually(lambda: running.owner("10.244.1.5").app == "api", "pod-a relabelled")
-            assert cache.count(POD) == 3
-
-            events.put_nowait(event("DELETED", pod("pod-b", "10.244.1.6", "13")))
-            await eventually(lambda: cache.count(POD) == 2, "pod-b deleted")
-            assert cache.lingering == 1
-            assert running.owner("10.244.1.6") == owner_of("pod-b")  # lingers for its grace period
-
-            events.put_nowait(bookmark("20"))
-            events.put_nowait(None)
-            await eventually(lambda: len(api.watches) == 2, "the second watch")
-            assert api.watches[1].query.get("resourceVersion") == "20"
-            stats = running.stats
-            assert stats.watch_starts == {reasons.INITIAL: 1, reasons.CLOSED: 1}
-            assert not stats.errors
-            assert stats.last_error is None
-            assert len(api.lists) == 2  # no relist
-            assert running.alive()
-
-    run(scenario())
-
-
-def test_a_stream_cut_mid_way_is_counted_and_resumed_without_a_relist() -> None:
-    resumes_after_a_broken_first_stream([], "break", "connection", "watch stream broke")
+    pages: list[bytes | Exception] = [
+        pod_list([POD_A], continue_token="abc"),
+        pod_list([pod("pod-b", "10.244.1.6", "7"), {"metadata": {}}]),  # the nameless item is skipped
+    ]
+    events = [
+        event("ADDED", pod("pod-c", "10.244.1.7", "11")),
+        event("MODIFIED", pod("pod-a", "10.244.1.5", "12", app="api")),
+        event("DELETED", pod("pod-b", "10.244.1.6", "13")),
+        bookmark("20"),
+    ]
+    api = ScriptedApi(lists=pages, watches=[Stream(events)])
+    reflected = reflect(api)
+    assert api.calls == [
+        ("list", 0.0, ""),
+        ("list", 0.0, "abc"),
+        ("watch", 0.0, LIST_RV, 45, 75.0),
+        ("watch", 45.0, "20", 45, 75.0),  # the server ended the stream: resumed at once from the bookmark
+    ]
+    assert reflected.restarts() == [(reasons.CLOSED, 0.0, False)]
+    assert [line["skipped"] for line in reflected.logs if line["event"] == "objects_skipped"] == [1]
+    cache = reflected.cache
+    assert cache.count(POD) == 2
+    assert reflected.owner("10.244.1.7") == owner_of("pod-c")
+    assert reflected.owner("10.244.1.5") == owner_of("pod-a", app="api")
+    assert cache.lingering == 1
+    assert reflected.owner("10.244.1.6") == owner_of("pod-b")  # lingers for its grace period
+    assert reflected.owner("10.244.1.9") == EXTERNAL
+    stats = reflected.stats
+    assert stats.watch_starts == {reasons.INITIAL: 1, reasons.CLOSED: 1}
+    assert not stats.errors
+    assert stats.last_error is None
+    assert stats.synced
+    assert reflected.all_stats.event_ages() == {"pods": 45.0}  # the bookmark, heard at 0 s, then 45 s passed
 
 
 # A watch that fails the same way every time: not an outage, so readiness says so.
 
 
-async def readline_before_3_13_4(self: aiohttp.StreamReader) -> bytes:
-    """StreamReader.readline exactly as aiohttp released it up to 3.13.3 (which kubernetes-asyncio's range allows):
-    it takes no max_line_length, so the watch's call raises TypeError on every attempt."""
-    return await self.readuntil()
+def test_a_watch_crashing_on_every_attempt_turns_readiness_red() -> None:
+    crash = TypeError("StreamReader.readline() got an unexpected keyword argument 'max_line_length'")
+    api = ScriptedApi(lists=[LIST_A], watches=[crash] * reasons.CRASHES_BEFORE_UNREADY)
+    reflected = reflect(api)
+    assert api.verbs() == ["list", "watch", "watch", "watch", "watch"]  # the watch is retried, not the list
+    assert reflected.slept == [0.375, 0.75, 1.5]
+    stats = reflected.stats
+    assert stats.crashes_in_a_row == reasons.CRASHES_BEFORE_UNREADY
+    assert stats.errors == {("watch", "internal"): 3}  # khan_kube_api_errors_total
+    assert stats.synced  # the list worked: what it said is still served
+    assert [line["event"] for line in reflected.logs if line["log_level"] == "error"] == ["watch_crashed"] * 3
+    reason = reflected.all_stats.not_ready_reason()
+    assert reason is not None
+    assert "the watch of pods fails on every attempt (3 in a row" in reason
+    assert "TypeError" in reason
+    assert "max_line_length" in reason
 
 
-def test_a_watch_failing_on_every_attempt_turns_readiness_red(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(aiohttp.StreamReader, "readline", readline_before_3_13_4)
+def test_a_watch_that_works_again_clears_the_crash_count() -> None:
+    crash = RuntimeError("a library surprise")
+    api = ScriptedApi(lists=[LIST_A], watches=[crash, crash, Stream()])
+    reflected = reflect(api)
+    assert reflected.stats.crashes_in_a_row == 0
+    assert reflected.all_stats.crashing() == []
 
-    async def scenario() -> None:
-        async with reflecting(FakeApi()) as running:
-            stats = running.stats
-            await eventually(
-                lambda: stats.crashes_in_a_row >= reasons.CRASHES_BEFORE_UNREADY, "watches crashing", timeout=8
-            )
-            assert stats.synced  # the list worked: what it said is still served
-            assert running.owner("10.244.1.5") == owner_of("pod-a")
-            assert stats.errors["watch", "internal"] == stats.crashes_in_a_row  # khan_kube_api_errors_total
-            assert len(running.api.lists) == 1  # the watch is retried (with backoff), not the list
-            reason = running.all_stats.not_ready_reason()
-            assert reason is not None
-            assert "the watch of pods fails on every attempt (" in reason
-            assert "TypeError" in reason
-            assert "max_line_length" in reason
-            assert running.alive()
 
-    run(scenario())
+def test_a_protocol_error_is_not_a_crash() -> None:
+    api = ScriptedApi(lists=[LIST_A], watches=[ProtocolError("not a JSON object")])
+    reflected = reflect(api)
+    assert reflected.stats.errors == {("watch", "invalid"): 1}
+    assert reflected.stats.crashes_in_a_row == 0
+
+
+# The layer below.
+
+
+def test_the_reflector_needs_neither_kubernetes_asyncio_nor_aiohttp() -> None:
+    """Only khan.inventory.kube_transport talks to the client library: the state machine loads without it."""
+    code = (
+        "import sys, khan.inventory.reflector; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('kubernetes_asyncio', 'aiohttp')))"
+    )
+    root = Path(__file__).resolve().parent.parent  # this khan, whatever the working directory
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root).stdout
+    assert found.strip() == "[]"
