@@ -32,7 +32,7 @@ LAYERS: tuple[frozenset[str], ...] = (
 
 # Library -> the modules (or packages, with a trailing dot) allowed to import it.
 SOLE_USERS = {
-    "kubernetes_asyncio": ("khan.inventory.kube",),
+    "kubernetes_asyncio": ("khan.inventory.kube_transport",),
     "pyroute2": ("khan.conntrack.namespace",),
     "prometheus_client": ("khan.metrics.",),
     "aiohttp.web": ("khan.web.",),

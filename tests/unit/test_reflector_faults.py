@@ -26,7 +26,7 @@ from khan.inventory.reflector import PAGE_SIZE, RESOURCES, Reflector, Timing
 from khan.inventory.watch_cache import WatchCache
 from khan.inventory.watch_protocol import ApiStatusError, ProtocolError, StreamEnd, TransportError
 from khan.inventory.watch_stats import ResourceStats, WatchStats
-from tests.kube_wire import (
+from tests.support.kube_wire import (
     ERROR_EVENT,
     LIST_A,
     LIST_RV,

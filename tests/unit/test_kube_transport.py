@@ -31,7 +31,7 @@ from khan.inventory.reflector import RESOURCES, Reflector, Timing
 from khan.inventory.watch_cache import WatchCache
 from khan.inventory.watch_protocol import ApiStatusError, StreamEnd, TransportError
 from khan.inventory.watch_stats import WatchStats
-from tests.kube_wire import (
+from tests.support.kube_wire import (
     EXPIRED_STATUS,
     LIST_A,
     LIST_RV,
