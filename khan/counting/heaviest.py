@@ -22,37 +22,31 @@ class HeavyFlow(NamedTuple):
 
 
 class HeaviestFlows:
-    """The heaviest flows of the last complete dump, and the candidates of the dump under way. A dump calls
-    `begin`, then `offer` for each entry heavier than `floor` (the caller compares, so that the many lighter
-    entries cost no call), then `finish`."""
+    """The heaviest flows of the last dump, and the candidates of the dump under way. A dump calls `begin`; for
+    each entry heavier than `floor` it appends (total bytes, flow) to `candidates`, and calls `trim` (which raises
+    the floor) once they are `crowded`; then `finish`. The dump loop does this inline: a method call per
+    candidate made an idle dump 4 % slower, and one whose counters grew 6 %."""
 
     def __init__(self, kept: int = HEAVIEST_KEPT) -> None:
         self.kept = kept
         self.floor = -1  # every entry is a candidate until there are twice as many as kept
+        self.crowded = 2 * kept  # candidates that make a trim
         self.current: list[HeavyFlow] = []  # heaviest first
-        self._candidates: list[tuple[int, Flow]] = []
+        self.candidates: list[tuple[int, Flow]] = []
 
     def begin(self) -> None:
-        self._candidates = []
+        self.candidates = []
         self.floor = -1
-
-    def offer(self, total_bytes: int, flow: Flow) -> int:
-        """An entry heavier than the floor; returns the floor, raised when the candidates were trimmed."""
-        candidates = self._candidates
-        candidates.append((total_bytes, flow))
-        if len(candidates) >= 2 * self.kept:
-            return self._trim()
-        return self.floor
 
     def finish(self, first_seen: Callable[[Flow], int]) -> None:
         """The dump ended (complete or not): its heaviest become the current ones."""
-        self._trim()
-        self.current = [HeavyFlow(flow, total, first_seen(flow)) for total, flow in self._candidates]
-        self._candidates = []
+        self.trim()
+        self.current = [HeavyFlow(flow, total, first_seen(flow)) for total, flow in self.candidates]
+        self.candidates = []
 
-    def _trim(self) -> int:
+    def trim(self) -> int:
         """Keep the heaviest candidates; the new floor is the lightest kept (-1 while there is room)."""
-        candidates = self._candidates
+        candidates = self.candidates
         candidates.sort(key=itemgetter(0), reverse=True)
         del candidates[self.kept :]
         self.floor = candidates[-1][0] if candidates and len(candidates) >= self.kept else -1
