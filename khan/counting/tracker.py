@@ -197,11 +197,7 @@ class ConnectionTracker:
                     if len(candidates) >= crowded:
                         floor = heaviest.trim()
                 if ident in changed:
-                    # Destroyed or opened again since (or just before) the dump copied it: the copy may be the old
-                    # connection's, stale, or the new one's. What events said stands; the next look counts.
-                    seen = live_pop(ident, None)
-                    if seen is not None:  # the reopened connection's NEW came first
-                        dumping.setdefault(ident, seen)
+                    self._stale_copy(ident)
                     continue
                 seen = live_pop(ident, None)
                 if seen is None:
@@ -228,6 +224,14 @@ class ConnectionTracker:
                         sent_deltas[pair] = sent_deltas.get(pair, 0) + sent - sent_before
                     if received != received_before:
                         received_deltas[pair] = received_deltas.get(pair, 0) + received - received_before
+
+    def _stale_copy(self, ident: int) -> None:
+        """Destroyed or opened again since (or just before) the dump copied it: the copy may be the old connection's,
+        stale, or the new one's. What events said stands; the next look counts."""
+        assert self._dumping is not None
+        seen = self._live.pop(ident, None)
+        if seen is not None:  # the reopened connection's NEW came first
+            self._dumping.setdefault(ident, seen)
 
     def _reused_unseen(self, flow: Flow, ident: int, seen: Record, now: int) -> None:
         """A dump found an identity's counters gone backwards: a new connection, and no DESTROY for the old one."""
