@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 
 from khan.attribution.labels import DEFAULT_POLICY, Attributor, LabelPolicy, address_text
-from khan.attribution.raw_keys import PairKey, RawKey, TransactionKey, raw_key_of
+from khan.attribution.raw_keys import PairKey, RawKey, TransactionKey, raw_key
 from khan.attribution.schema import ConnectionLabels, Labels, TransactionLabels, pair_of
 from khan.conntrack.decode import (
     IPPROTO_TCP,
@@ -28,11 +28,11 @@ PORTED_PROTOCOLS = frozenset({6, 17, 33, 132, 136})  # tcp, udp, dccp, sctp, udp
 
 def count_flows(batches: Iterable[Iterable[Flow]], counts: dict[RawKey, int] | None = None) -> dict[RawKey, int]:
     """Count entries by raw key. This runs once per conntrack entry: keep it to one tuple and one dict update.
-    The keys are plain tuples in RawKey's field order (building the record itself would double the cost)."""
+    See raw_keys.py for why the keys are plain tuples."""
     if counts is None:
         counts = {}
     get = counts.get
-    key_of = raw_key_of
+    key_of = raw_key
     for batch in batches:
         for flow in batch:
             key = key_of(flow)
@@ -86,7 +86,7 @@ def attribute_connections(counts: Mapping[RawKey, int], names: Attributor) -> di
     series: dict[Labels, int] = {}
     get = series.get
     for key, count in counts.items():
-        proto, src, dst, dport, tcp_state, status, endpoint = key  # a RawKey-shaped tuple, see count_flows
+        proto, src, dst, dport, tcp_state, status, endpoint = key
         labels = connection_labels(names, proto, src, dst, dport, endpoint, state_name(proto, tcp_state, status))
         series[labels] = get(labels, 0) + count
     return series
@@ -96,21 +96,21 @@ def attribute_pairs(amounts: Mapping[PairKey, int], names: Attributor) -> Iterat
     """Raw pair deltas -> counter series (PAIR_LABELS): khan_connection's labels without `state`. One item per raw
     key, unsummed (a counter adds them up): with every peer new, a summed copy would hold one label set per table
     entry."""
-    for key, amount in amounts.items():
-        labels = connection_labels(names, key.proto, key.src, key.dst, key.dport, key.reply_src, "")
+    for (proto, src, dst, dport, endpoint), amount in amounts.items():
+        labels = connection_labels(names, proto, src, dst, dport, endpoint, "")
         yield pair_of(labels), amount
 
 
 def attribute_transactions(amounts: Mapping[TransactionKey, int], names: Attributor) -> dict[TransactionLabels, int]:
     """Raw transaction deltas -> khan_service_transactions_total series."""
     series: dict[TransactionLabels, int] = {}
-    for key, amount in amounts.items():
-        service = names.owner(key.service)
+    for (proto, service_address, _, endpoint_address, endpoint_port), amount in amounts.items():
+        service = names.owner(service_address)
         if service.type == "service":
             service_ns, service_name = service.ns, service.name
         else:  # a translation khan cannot name (a NodePort, a hand-made DNAT): the address asked for
-            service_ns, service_name = "", address_text(key.service)
-        endpoint = names.end(key.endpoint)
+            service_ns, service_name = "", address_text(service_address)
+        endpoint = names.end(endpoint_address)
         labels = TransactionLabels(
             node=names.node,
             service_ns=service_ns,
@@ -118,8 +118,8 @@ def attribute_transactions(amounts: Mapping[TransactionKey, int], names: Attribu
             endpoint_ip=endpoint.ip,
             endpoint_ns=endpoint.ns,
             endpoint_name=endpoint.name,
-            endpoint_port=port_text(key.proto, key.endpoint_port),
-            transport=transport_name(key.proto),
+            endpoint_port=port_text(proto, endpoint_port),
+            transport=transport_name(proto),
         )
         series[labels] = series.get(labels, 0) + amount
     return series

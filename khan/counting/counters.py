@@ -10,6 +10,7 @@ from typing import Literal
 
 from khan.attribution.connections import attribute_pairs, attribute_transactions
 from khan.attribution.labels import Attributor, address_text
+from khan.attribution.raw_keys import TransactionField
 from khan.attribution.schema import (
     CONNECTION_LABELS,
     FLOW_BYTES_LABELS,
@@ -18,9 +19,11 @@ from khan.attribution.schema import (
     Labels,
     pair_of,
 )
+from khan.counting.deltas import Deltas
 from khan.counting.folding import Folding
+from khan.counting.heaviest import HeavyFlow
 from khan.counting.store import CounterStore
-from khan.counting.tracker import ConnectionTracker, Deltas, HeavyFlow
+from khan.counting.tracker import ConnectionTracker
 
 # What an overflow series keeps of each family (--max-series).
 CONNECTION_FOLDING = Folding(CONNECTION_LABELS, ("node", "src_type", "dst_type", "transport", "state", "seen_from"))
@@ -107,9 +110,10 @@ class Counting:
         for labels, amount in attribute_transactions(deltas.transactions, names).items():
             self.transactions.add(labels, amount, now)
         for key, amount in deltas.transactions.items():
-            owner = names.owner(key.service)
+            owner = names.owner(key[TransactionField.SERVICE])
             if owner.type == "service":
-                self._endpoints.add((f"{owner.ns}/{owner.name}", address_text(key.endpoint)), amount, now)
+                endpoint = address_text(key[TransactionField.ENDPOINT])
+                self._endpoints.add((f"{owner.ns}/{owner.name}", endpoint), amount, now)
 
     def _view(self, bytes_on: bool, connections_folded: int) -> CounterView:
         endpoints: dict[str, dict[str, int]] = {}

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from khan.attribution.labels import address_text
-from khan.counting.tracker import HeavyFlow
+from khan.counting.heaviest import HeavyFlow
 from khan.polling.result import PollResult
 
 ITEM_SEPARATOR = b", "  # json.dumps' own, so the bodies read as they did when encoded per request

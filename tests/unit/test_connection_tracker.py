@@ -9,7 +9,8 @@ import pytest
 
 from khan.conntrack.decode import Flow
 from khan.conntrack.events import Event
-from khan.counting.tracker import ConnectionTracker, Deltas
+from khan.counting.deltas import Deltas
+from khan.counting.tracker import ConnectionTracker
 
 CLIENT = socket.inet_aton("10.244.1.10")
 SERVICE = socket.inet_aton("10.96.0.10")
