@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import socket
 from dataclasses import dataclass, field, replace
-from typing import NamedTuple
 
 from khan.attribution.outside import OutsidePolicy
 from khan.inventory.index import Inventory
@@ -29,14 +28,10 @@ _LOOPBACK4 = b"\x7f"
 _LOOPBACK6 = bytes(15) + b"\x01"
 
 
-class End(NamedTuple):
-    """The five label values naming one end of a connection (src_* or dst_*)."""
-
-    type: str
-    ip: str
-    ns: str
-    app: str
-    name: str
+# The five label values naming one end of a connection, in the order of ConnectionLabels' src_* and dst_* fields:
+# type, ip, ns, app, name. A plain tuple: one is made per address and spliced into label sets; a NamedTuple cost
+# ~200 ns more per new address, a tenth of attribution's cost when every peer is new.
+End = tuple[str, str, str, str, str]
 
 
 # The longest label value taken from an object, in UTF-8 bytes (what Prometheus's label_value_length_limit counts;
@@ -123,7 +118,7 @@ class Attributor:
                 ip, name = "", owner.workload_name or owner.name
             elif owner.type == "external" and not self.policy.outside.keep_ips:
                 ip = ""
-            end = End(owner.type, ip, owner.ns, owner.app, name)
+            end = (owner.type, ip, owner.ns, owner.app, name)
             self._ends[packed] = end
         return end
 
