@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from khan.attribution.labels import DEFAULT_POLICY, Attributor, LabelPolicy, address_text
 from khan.attribution.raw_keys import PairKey, RawKey, TransactionKey, raw_key
-from khan.attribution.schema import ConnectionLabels, Labels, TransactionLabels
+from khan.attribution.schema import Labels, TransactionLabels
 from khan.conntrack.decode import (
     IPPROTO_TCP,
     IPS_ASSURED,
@@ -66,29 +66,22 @@ def attribute(
     return attribute_connections(counts, Attributor(inventory, node, policy))
 
 
-# A NamedTuple from a built tuple in one C call: its generated __new__ is Python and cost a third more per key
-# (~600 ns) where every peer is new, and this runs once per distinct key and once per new connection.
-_record = tuple.__new__
-
-
 def attribute_connections(counts: Mapping[RawKey, int], names: Attributor) -> dict[Labels, int]:
-    """Raw counts -> khan_connection series, keyed by ConnectionLabels."""
+    """Raw counts -> khan_connection series, keyed by label sets in ConnectionLabels' field order (plain tuples:
+    see schema.py)."""
     series: dict[Labels, int] = {}
     get = series.get
     node, end, seen_from = names.node, names.end, names.seen_from
     for (proto, src, dst, dport, tcp_state, status, endpoint), count in counts.items():
-        # The values in ConnectionLabels' field order (schema.py); tests/unit/test_label_records.py reads them by name.
-        labels = _record(
-            ConnectionLabels,
-            (
-                node,
-                *end(src),
-                *end(dst),
-                port_text(proto, dport),
-                transport_name(proto),
-                state_name(proto, tcp_state, status),
-                seen_from(src, dst, endpoint),
-            ),
+        # In ConnectionLabels' field order; tests/unit/test_label_records.py reads the result back by name.
+        labels = (
+            node,
+            *end(src),
+            *end(dst),
+            port_text(proto, dport),
+            transport_name(proto),
+            state_name(proto, tcp_state, status),
+            seen_from(src, dst, endpoint),
         )
         series[labels] = get(labels, 0) + count
     return series
@@ -112,9 +105,9 @@ def attribute_pairs(amounts: Mapping[PairKey, int], names: Attributor) -> Iterat
         yield labels, amount
 
 
-def attribute_transactions(amounts: Mapping[TransactionKey, int], names: Attributor) -> dict[TransactionLabels, int]:
+def attribute_transactions(amounts: Mapping[TransactionKey, int], names: Attributor) -> dict[Labels, int]:
     """Raw transaction deltas -> khan_service_transactions_total series."""
-    series: dict[TransactionLabels, int] = {}
+    series: dict[Labels, int] = {}
     for (proto, service_address, _, endpoint_address, endpoint_port), amount in amounts.items():
         service = names.owner(service_address)
         if service.type == "service":
@@ -122,7 +115,7 @@ def attribute_transactions(amounts: Mapping[TransactionKey, int], names: Attribu
         else:  # a translation khan cannot name (a NodePort, a hand-made DNAT): the address asked for
             service_ns, service_name = "", address_text(service_address)
         _, endpoint_ip, endpoint_ns, _, endpoint_name = names.end(endpoint_address)
-        labels = TransactionLabels(
+        named = TransactionLabels(
             node=names.node,
             service_ns=service_ns,
             service_name=service_name,
@@ -132,5 +125,6 @@ def attribute_transactions(amounts: Mapping[TransactionKey, int], names: Attribu
             endpoint_port=port_text(proto, endpoint_port),
             transport=transport_name(proto),
         )
+        labels = tuple(named)  # kept as a plain tuple: schema.py says why
         series[labels] = series.get(labels, 0) + amount
     return series
