@@ -67,7 +67,11 @@ test-floors: deps apiserver
 demo: deps
 	$(BIN)/khan demo
 
+# decode.py and tracker_hot_loops.py time the two per-entry loops without a kernel; give them `--before` another
+# checkout's module to compare side by side.
 bench: deps apiserver
+	$(BIN)/python benchmarks/decode.py
+	$(BIN)/python benchmarks/tracker_hot_loops.py
 	$(BIN)/python benchmarks/snapshot_vs_conntrack.py
 	$(BIN)/python benchmarks/inventory_scale.py
 	$(BIN)/python benchmarks/churn.py
