@@ -178,7 +178,7 @@ class ConnectionTracker:
             for flow in batch:
                 ct_id, sport, dport, sent, received = fields(flow)
                 ident = ct_id | sport << 32 | dport << 48
-                if sent + received > floor:  # one of the heaviest so far (for /flows): `heaviest.offer`, inlined
+                if sent + received > floor:  # one of the heaviest so far (for /flows), inlined: see HeaviestFlows
                     candidates.append((sent + received, flow))
                     if len(candidates) >= crowded:
                         floor = heaviest.trim()
