@@ -39,8 +39,8 @@ apiserver:
 	bash tests/kube/build-apiserver.sh
 
 lint: deps
-	$(BIN)/ruff check khan tests benchmarks dashboards
-	$(BIN)/ruff format --check khan tests benchmarks dashboards
+	$(BIN)/ruff check khan tests benchmarks dashboards alerts
+	$(BIN)/ruff format --check khan tests benchmarks dashboards alerts
 	$(BIN)/mypy
 
 test: deps lint apiserver
