@@ -41,9 +41,8 @@ JOB_TOKEN = "__KHAN_JOB__"
 CLUSTER_LABEL_TOKEN = "__KHAN_CLUSTER_LABEL__"
 DATASOURCE = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
 RATE = "$__rate_interval"
-# The shares of a node's table at which KhanConntrackTableFilling and KhanConntrackTableFull fire. The rules
-# helper adds them to the configuration; until then these match its defaults (the lead points them at the
-# configuration at merge).
+# The shares of a node's table at which KhanConntrackTableFilling and KhanConntrackTableFull fire, where the
+# configuration does not give them (monitoring.thresholds.conntrackTableFillingShare / ...FullShare).
 TABLE_WARNING = 0.75
 TABLE_CRITICAL = 0.9
 
@@ -51,11 +50,14 @@ Panel = Any  # a panel builder of any type
 
 
 @dataclass(frozen=True)
-class Selectors:
-    """The label matchers every query starts from, made from the configuration's job and cluster label."""
+class Inputs:
+    """What the boards are made from: the configuration's job and cluster label, which make the label matchers
+    every query starts from, and the shares of the table at which its alerts fire."""
 
     job: str
     cluster_label: str  # the label's name; the variable that picks its values is always $cluster
+    table_warning: float = TABLE_WARNING
+    table_critical: float = TABLE_CRITICAL
 
     @property
     def khan(self) -> str:
@@ -133,7 +135,7 @@ def single(title: str, expr: str, unit: str = "short") -> Panel:
     return stat.Panel().title(title).unit(unit).datasource(DATASOURCE).with_target(query(expr, instant=True))
 
 
-def variables(on: Selectors, extra: tuple[tuple[str, str], ...] = ()) -> Iterator[Any]:
+def variables(on: Inputs, extra: tuple[tuple[str, str], ...] = ()) -> Iterator[Any]:
     yield dashboard.DatasourceVariable("datasource").label("Data source").type("prometheus")
     for name, source in (
         ("cluster", f'label_values(khan_build_info{{job="{on.job}"}}, {on.cluster_label})'),
@@ -155,7 +157,7 @@ def variables(on: Selectors, extra: tuple[tuple[str, str], ...] = ()) -> Iterato
 
 
 def board(
-    on: Selectors,
+    on: Inputs,
     uid: str,
     title: str,
     description: str,
@@ -182,7 +184,7 @@ def board(
 NS = 'dst_ns=~"$namespace"'
 
 
-def overview(on: Selectors) -> Any:
+def overview(on: Inputs) -> Any:
     once = on.once
     return board(
         on,
@@ -208,7 +210,7 @@ def overview(on: Selectors) -> Any:
     )  # fmt: skip
 
 
-def service_map(on: Selectors) -> Any:
+def service_map(on: Inputs) -> Any:
     pairs = f"khan_connection{{{on.once}, {NS}}}"
     source = f'label_join({pairs}, "source", "/", "src_ns", "src_name")'
     both = f'label_join({source}, "target", "/", "dst_ns", "dst_name")'
@@ -243,7 +245,7 @@ def service_map(on: Selectors) -> Any:
     )  # fmt: skip
 
 
-def leak(on: Selectors) -> Any:
+def leak(on: Inputs) -> Any:
     chosen = f'{on.once}, src_name=~"$source", dst_name=~"$destination"'
     return board(
         on,
@@ -272,7 +274,7 @@ def leak(on: Selectors) -> Any:
     )  # fmt: skip
 
 
-def overload(on: Selectors) -> Any:
+def overload(on: Inputs) -> Any:
     inbound = f'{on.once}, dst_name=~"$destination"'
     destination = "dst_type, dst_ns, dst_name"
     # Inbound connections of each destination that declares a limit (khan.io/max-connections), counted once.
@@ -314,7 +316,7 @@ def overload(on: Selectors) -> Any:
     )  # fmt: skip
 
 
-def conntrack_table(on: Selectors) -> Any:
+def conntrack_table(on: Inputs) -> Any:
     table_fill = on.on_node(f"khan_conntrack_table_entries{{{on.khan}}} / khan_conntrack_table_limit{{{on.khan}}}")
     # Every entry of a node's table, whichever side it is seen from: what the kernel counts against the limit.
     entries = f"khan_connection{{{on.scope}}}"
@@ -329,11 +331,11 @@ def conntrack_table(on: Selectors) -> Any:
     clients = "src_type, src_ns, src_app, src_name"
     fill = with_thresholds(
         graph("Table fill per node", table_fill, "{{node}}", "percentunit",
-              f"Entries over nf_conntrack_max on each node. Dashed: the warning ({TABLE_WARNING:.0%}, "
-              f"KhanConntrackTableFilling) and critical ({TABLE_CRITICAL:.0%}, KhanConntrackTableFull) shares. A full "
-              "table drops the packets of new connections (nf_conntrack: table full, dropping packet). Nodes are "
-              "named through khan_connection; khan / Health shows every agent's fill by instance."),
-        TABLE_WARNING, TABLE_CRITICAL,
+              f"Entries over nf_conntrack_max on each node. Dashed: the warning ({on.table_warning:.0%}, "
+              f"KhanConntrackTableFilling) and critical ({on.table_critical:.0%}, KhanConntrackTableFull) shares. "
+              "A full table drops the packets of new connections (nf_conntrack: table full, dropping packet). "
+              "Nodes are named through khan_connection; khan / Health shows every agent's fill by instance."),
+        on.table_warning, on.table_critical,
     ).max(1)  # fmt: skip
     return board(
         on,
@@ -371,7 +373,7 @@ def conntrack_table(on: Selectors) -> Any:
     )  # fmt: skip
 
 
-def health(on: Selectors) -> Any:
+def health(on: Inputs) -> Any:
     khan = f"{{{on.khan}}}"
     families = "khan_connection|khan_connections_opened_total|khan_flow_bytes_total|khan_service_transactions_total"
     return board(
@@ -405,7 +407,7 @@ def health(on: Selectors) -> Any:
     )  # fmt: skip
 
 
-BOARDS: dict[str, Callable[[Selectors], Any]] = {
+BOARDS: dict[str, Callable[[Inputs], Any]] = {
     "khan-overview": overview,
     "khan-service-map": service_map,
     "khan-leak": leak,
@@ -432,7 +434,7 @@ configMapGenerator:
 """
 
 
-def render(build: Callable[[Selectors], Any], on: Selectors) -> str:
+def render(build: Callable[[Inputs], Any], on: Inputs) -> str:
     return json.dumps(json.loads(JSONEncoder().encode(build(on).build())), indent=2, sort_keys=True) + "\n"
 
 
@@ -442,7 +444,13 @@ def kustomization() -> str:
 
 def outputs(config: monitoring.MonitoringConfig) -> dict[Path, str]:
     """Every file the generator writes, by path, from one configuration."""
-    on = Selectors(job=config.job, cluster_label=config.cluster_label)
+    thresholds = getattr(config, "thresholds", None) or {}  # a configuration without thresholds: the defaults
+    on = Inputs(
+        job=config.job,
+        cluster_label=config.cluster_label,
+        table_warning=thresholds.get("conntrackTableFillingShare", TABLE_WARNING),
+        table_critical=thresholds.get("conntrackTableFullShare", TABLE_CRITICAL),
+    )
     tokens = replace(on, job=JOB_TOKEN, cluster_label=CLUSTER_LABEL_TOKEN)
     written = {HERE / "kustomization.yaml": kustomization()}
     for uid, build in BOARDS.items():

@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -304,3 +305,21 @@ def test_the_table_panels_count_every_entry_of_a_node_and_the_limit_panel_counts
     promtool = tools.require_tool("promtool", "prometheus")
     done = subprocess.run([promtool, "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_table_fill_panel_draws_the_configured_alert_shares() -> None:
+    # A configuration with the table's thresholds, as alerts/config.py gives them (monitoring.thresholds).
+    configured = SimpleNamespace(
+        job="khan",
+        cluster_label="cluster",
+        thresholds={"conntrackTableFillingShare": 0.6, "conntrackTableFullShare": 0.8},
+    )
+    board = json.loads(generate.outputs(configured)[DASHBOARDS / "khan-conntrack-table.json"])  # type: ignore[arg-type]
+    (fill,) = [panel for panel in board["panels"] if panel["title"] == "Table fill per node"]
+    steps = fill["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert [step["value"] for step in steps] == [None, 0.6, 0.8]
+    assert fill["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"] == {"mode": "dashed"}
+    assert "(60%, KhanConntrackTableFilling)" in fill["description"]
+    default = json.loads((DASHBOARDS / "khan-conntrack-table.json").read_text())
+    (fill,) = [panel for panel in default["panels"] if panel["title"] == "Table fill per node"]
+    assert [step["value"] for step in fill["fieldConfig"]["defaults"]["thresholds"]["steps"]] == [None, 0.75, 0.9]
