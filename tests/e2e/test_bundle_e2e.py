@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
+from alerts import config
 from khan.conntrack.namespace import entered
 from khan.demo.inventory import write_inventory
 from khan.demo.lab import Lab
@@ -225,7 +226,7 @@ def test_a_flood_from_a_new_client_reaches_the_webhook_as_server_overloaded(stac
             for client in clients:
                 client.close()
     assert alert["labels"]["dst_name"] == "pod-a"
-    assert alert["annotations"]["runbook_url"] == "alerts/runbook.md#khanserveroverloaded"
+    assert alert["annotations"]["runbook_url"] == f"{config.load().runbook_url}#khanserveroverloaded"
 
 
 def test_a_leaking_client_reaches_the_webhook_and_stopping_it_resolves_the_alert(stack: tuple[Lab, Webhook]) -> None:
