@@ -32,7 +32,15 @@ from khan.demo.lab import Lab
 from khan.demo.namespaces import private_prefix
 from khan.demo.topology import OUTSIDE_IP, PODS
 from tests.support import paths
-from tests.support.alerting_stack import Webhook, alerting_stack, instant, prometheus_api, scaled_rules, wait_for
+from tests.support.alerting_stack import (
+    Webhook,
+    alerting_stack,
+    instant,
+    prometheus_api,
+    require_alerting_tools,
+    scaled_rules,
+    wait_for,
+)
 from tests.support.kube_agent import AGENT_PORT, RunningAgent
 from tests.support.lab_agent import file_agent
 from tests.support.netns import run_in
@@ -165,6 +173,7 @@ def filled_node(work: Path) -> Iterator[Incident]:
 
 @pytest.fixture(scope="module")
 def incident(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Incident]:
+    require_alerting_tools()
     with filled_node(tmp_path_factory.mktemp("hog")) as found:
         yield found
 
@@ -221,9 +230,11 @@ def measure(incident: Incident, hog_seen: float) -> None:
     entries, _ = now_and_most("khan_poll_entries")
     poll, slowest = now_and_most("khan_poll_duration_seconds")
     rss, most_rss = now_and_most("process_resident_memory_bytes")
+    _, slowest_scrape = now_and_most("scrape_duration_seconds")
     print(
         f"\nfilled {incident.filled} entries (limit {incident.limit}) in {incident.fill_seconds:.2f} s;"
         f" poll of {entries:.0f} entries {poll:.2f} s (slowest {slowest:.2f} s);"
         f" agent RSS {rss / 2**20:.0f} MiB (most {most_rss / 2**20:.0f} MiB);"
-        f" webhook saw KhanConntrackTableHog {hog_seen - incident.filled_at:.1f} s after the fill"
+        f" slowest scrape {slowest_scrape:.2f} s;"
+        f" the webhook saw KhanConntrackTableHog {hog_seen - incident.filled_at:.1f} s after the fill"
     )

@@ -24,10 +24,18 @@ import yaml
 
 from khan.conntrack.namespace import entered
 from khan.demo.lab import Lab
+from tests.support import tools
 from tests.support.kube_cluster import stop_process
 
 PROMETHEUS, ALERTMANAGER, WEBHOOK = 9090, 9093, 9095  # on node1's loopback: every lab has its own
 JOB = "khan"
+ALERTING_TOOLS = {"prometheus": "prometheus", "prometheus-alertmanager": "prometheus-alertmanager"}
+
+
+def require_alerting_tools() -> None:
+    """Prometheus and Alertmanager, as `make test` installs them; the tools policy says what a missing one does."""
+    for name, package in ALERTING_TOOLS.items():
+        tools.require_tool(name, package)
 
 
 def scaled_rules(text: str, factor: int) -> dict[str, Any]:
