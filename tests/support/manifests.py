@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from tests.support import paths, tools
+from tests.support.kube_cluster import kubectl, kubectl_minor
 
 DEPLOY = paths.REPO / "deploy"
 BASE = DEPLOY / "base"
@@ -33,8 +34,10 @@ def documents(text: str) -> list[Object]:
 def kustomized(directory: Path) -> list[Object]:
     """The objects `kubectl apply -k` sends for a kustomization, built by kubectl's own kustomize (1.21 or newer:
     Debian's 1.20 embeds kustomize 2, which takes no directories in `resources`)."""
-    from tests.support.kube_cluster import kubectl, kubectl_minor
-
+    try:
+        kubectl()
+    except RuntimeError as exc:
+        tools.missing(str(exc))
     if kubectl_minor() < KUSTOMIZE_DIRECTORIES_SINCE:
         tools.missing(f"{kubectl()} is older than 1.{KUSTOMIZE_DIRECTORIES_SINCE}: run `make tools`")
     built = subprocess.run([kubectl(), "kustomize", str(directory)], capture_output=True, text=True, check=True)
