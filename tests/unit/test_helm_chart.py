@@ -29,6 +29,13 @@ from tests.support.manifests import (
     without_installer_labels,
 )
 
+RULE_TEMPLATE = CHART / "templates" / "prometheusrule.yaml"
+
+
+def rule_template_generated() -> None:
+    """The PrometheusRule's template is written by `python -m alerts.generate`, not by hand."""
+    assert RULE_TEMPLATE.exists(), f"{RULE_TEMPLATE} is missing: run `python -m alerts.generate`"
+
 
 def one(objects: list[Object], kind: str) -> Object:
     (found,) = [obj for obj in objects if obj["kind"] == kind]
@@ -118,6 +125,7 @@ def test_the_defaults_make_deploys_objects() -> None:
 
 
 def test_with_the_pod_monitor_and_the_rule_on_it_makes_the_operator_kustomizations_objects() -> None:
+    rule_template_generated()
     values = {"podMonitor.enabled": "true", "prometheusRule.enabled": "true"}
     assert by_identity(rendered(values)) == by_identity(kustomized(OPERATOR), skip_kinds=("Namespace",))
 
@@ -205,6 +213,7 @@ def test_tls_from_a_secret_needs_its_name() -> None:
 
 
 def test_the_monitors_scrape_with_the_scraper_token_and_the_release_label() -> None:
+    rule_template_generated()
     objects = rendered(EVERYTHING)
     secret = one(objects, "Secret")
     assert secret["type"] == "kubernetes.io/service-account-token"
