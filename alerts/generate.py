@@ -94,8 +94,9 @@ def comment(text: str, indent: str) -> Iterator[str]:
 
 
 def block(key: str, text: str, indent: str, style: str) -> Iterator[str]:
-    """A folded block scalar: the text's lines as written, joined by spaces when read (`>` keeps a final newline,
-    `>-` none), so long expressions and descriptions stay readable in every output."""
+    """A block scalar of the text's lines as written, so long expressions and descriptions stay readable in every
+    output. Expressions are literal (`|`: read back with their line breaks, which PromQL ignores), because
+    kustomize's YAML rewrites folded scalars whose lines are indented further; descriptions fold (`>-`)."""
     yield f"{indent}{key}: {style}"
     for line in text.splitlines():
         yield f"{indent}  {line}".rstrip()
@@ -106,11 +107,11 @@ def rule_lines(rule: Record | Alert, indent: str) -> Iterator[str]:
         yield from comment(rule.comment, indent)
     if isinstance(rule, Record):
         yield f"{indent}- record: {rule.record}"
-        yield from block("expr", rule.expr, indent + "  ", ">")
+        yield from block("expr", rule.expr, indent + "  ", "|")
         return
     inner = indent + "  "
     yield f"{indent}- alert: {rule.alert}"
-    yield from block("expr", rule.expr, inner, ">")
+    yield from block("expr", rule.expr, inner, "|")
     yield f"{inner}for: [[for:{rule.duration}]]"
     yield f"{inner}labels:"
     yield f"{inner}  severity: {rule.severity}"
@@ -158,7 +159,7 @@ def operator_file(value: Substitute) -> str:
         "  name: khan",
         "  namespace: khan",
         "  labels:",
-        "    app.kubernetes.io/name: khan",
+        *(f"    {name}: {json.dumps(value)}" for name, value in config.kustomize_labels().items()),
         "spec:",
         "  groups:",
         *group_lines(GROUPS, "    "),

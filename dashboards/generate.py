@@ -426,8 +426,7 @@ namespace: khan
 generatorOptions:
   disableNameSuffixHash: true  # a stable name, so that an update replaces the dashboard rather than adding one
   labels:
-    app.kubernetes.io/name: khan
-    grafana_dashboard: "1"
+{labels}    grafana_dashboard: "1"
   annotations:
     grafana_folder: khan
 configMapGenerator:
@@ -439,7 +438,9 @@ def render(build: Callable[[Inputs], Any], on: Inputs) -> str:
 
 
 def kustomization() -> str:
-    return KUSTOMIZATION_HEAD + "".join(f"  - name: {uid}\n    files:\n      - {uid}.json\n" for uid in BOARDS)
+    labels = "".join(f"    {name}: {json.dumps(value)}\n" for name, value in monitoring.kustomize_labels().items())
+    generators = "".join(f"  - name: {uid}\n    files:\n      - {uid}.json\n" for uid in BOARDS)
+    return KUSTOMIZATION_HEAD.format(labels=labels) + generators
 
 
 def outputs(config: monitoring.MonitoringConfig) -> dict[Path, str]:

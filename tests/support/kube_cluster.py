@@ -43,11 +43,12 @@ KHAN_USER = "system:serviceaccount:khan:khan"  # deploy/'s ServiceAccount, as RB
 
 
 def kubectl() -> str:
-    """$KHAN_KUBECTL, else the kubectl on PATH (build-apiserver.sh installs Debian's where there is none)."""
-    wanted = os.environ.get("KHAN_KUBECTL", "kubectl")
-    found = shutil.which(wanted)
+    """$KHAN_KUBECTL, else `make tools`'s kubectl 1.35, else the one on PATH (build-apiserver.sh installs
+    Debian's 1.20 where there is none)."""
+    wanted = os.environ.get("KHAN_KUBECTL")
+    found = shutil.which(wanted) if wanted else tools.installed_tool("kubectl")
     if found is None:
-        raise RuntimeError(f"no kubectl at {wanted!r}: run `make apiserver`, which installs one")
+        raise RuntimeError(f"no kubectl at {wanted or 'kubectl'!r}: run `make tools`, which installs one")
     return found
 
 
@@ -70,6 +71,7 @@ _PATHS: dict[str, tuple[str, str, bool]] = {
     "CustomResourceDefinition": ("/apis/apiextensions.k8s.io/v1", "customresourcedefinitions", False),
     "PodMonitor": ("/apis/monitoring.coreos.com/v1", "podmonitors", True),
     "PrometheusRule": ("/apis/monitoring.coreos.com/v1", "prometheusrules", True),
+    "ServiceMonitor": ("/apis/monitoring.coreos.com/v1", "servicemonitors", True),
 }
 
 
@@ -330,8 +332,10 @@ def require_apiserver() -> None:
     if not APISERVER.exists():
         tools.missing(f"{APISERVER} is missing: run `make apiserver` (make test does)")
     tools.require_tool("etcd", "etcd-server (make apiserver)")
-    if shutil.which(os.environ.get("KHAN_KUBECTL", "kubectl")) is None:
-        tools.missing("kubectl is missing: run `make apiserver`, which installs one")
+    try:
+        kubectl()
+    except RuntimeError as exc:
+        tools.missing(str(exc))
 
 
 @contextlib.contextmanager

@@ -223,7 +223,7 @@ def test_kustomize_ships_each_dashboard_as_a_configmap_for_grafanas_sidecar(dire
     for configmap in configmaps:
         uid = configmap["metadata"]["name"]
         assert configmap["metadata"]["namespace"] == "khan"
-        assert configmap["metadata"]["labels"] == {"app.kubernetes.io/name": "khan", "grafana_dashboard": "1"}
+        assert configmap["metadata"]["labels"] == {**config.kustomize_labels(), "grafana_dashboard": "1"}
         assert configmap["metadata"]["annotations"] == {"grafana_folder": "khan"}
         assert configmap["data"] == {f"{uid}.json": (DASHBOARDS / f"{uid}.json").read_text()}
 
