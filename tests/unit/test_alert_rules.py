@@ -6,7 +6,6 @@ runbook URL of another configuration reach every rule; the chart's PrometheusRul
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -22,14 +21,6 @@ RULES = ALERTS / "khan.rules.yml"
 RULE_TESTS = sorted((ALERTS / "tests").glob("*.yml"))
 CHART = paths.REPO / "deploy" / "helm" / "khan"
 OPERATOR_RULE = paths.REPO / "deploy" / "prometheus-operator" / "prometheusrule.yaml"
-HELM = Path("/root/.cache/khan/tools/bin/helm")  # where `make` unpacks it (see COMMON tools)
-# khan.fullname and khan.labels as the chart defines them, for a chart whose _helpers.tpl is not there yet.
-MINIMAL_HELPERS = """\
-{{- define "khan.fullname" -}}{{ .Release.Name }}{{- end }}
-{{- define "khan.labels" -}}
-app.kubernetes.io/name: khan
-{{- end }}
-"""
 OTHER_VALUES = {
     "monitoring": {
         "job": "conntrack",
@@ -177,27 +168,14 @@ def test_the_schema_describes_every_tunable(other: Path) -> None:
     assert yaml.safe_load(kept)["properties"]["image"] == {"type": "object"}
 
 
-def helm_binary() -> str:
-    found = str(HELM) if HELM.exists() else shutil.which("helm")
-    if found is None:
-        tools.missing(f"helm is missing at {HELM} and on PATH: make installs it")
-    return found
-
-
 @pytest.fixture(scope="module")
-def chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The chart; a copy with minimal helpers while its own _helpers.tpl is not there (a separate change)."""
-    if (CHART / "templates" / "_helpers.tpl").exists():
-        return CHART
-    copy = tmp_path_factory.mktemp("chart") / "khan"
-    shutil.copytree(CHART, copy)
-    (copy / "templates" / "_helpers.tpl").write_text(MINIMAL_HELPERS)
-    return copy
+def chart() -> Path:
+    return CHART
 
 
 def helm_template(chart: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [helm_binary(), "template", "khan", str(chart), "--namespace", "monitoring",
+        [tools.require_kube_tool("helm"), "template", "khan", str(chart), "--namespace", "monitoring",
          "--show-only", "templates/prometheusrule.yaml", *args],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
