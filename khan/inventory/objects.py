@@ -74,7 +74,7 @@ class Claim(NamedTuple):
 
 
 class Limit(NamedTuple):
-    """The connection limit a Service or a live Pod declares (khan.io/max-connections), with whose it is."""
+    """The connection limit a Service or a live Pod declares (khan.io/max-connections), and whose it is."""
 
     owner: Owner
     value: int  # INVALID when the annotation's value is not a limit
