@@ -47,6 +47,14 @@ class TransactionLabels(NamedTuple):
     transport: str
 
 
+class LimitLabels(NamedTuple):
+    """khan_connection_limit: a destination as khan_connection's dst_type, dst_ns and dst_name spell it."""
+
+    dst_type: str
+    dst_ns: str
+    dst_name: str
+
+
 Labels = tuple[str, ...]  # a label set of any family, values in that family's label order
 
 CONNECTION_LABELS: tuple[str, ...] = ConnectionLabels._fields
@@ -54,6 +62,7 @@ CONNECTION_LABELS: tuple[str, ...] = ConnectionLabels._fields
 PAIR_LABELS = tuple(name for name in CONNECTION_LABELS if name != "state")
 FLOW_BYTES_LABELS = (*PAIR_LABELS, "direction")
 TRANSACTION_LABELS: tuple[str, ...] = TransactionLabels._fields
+LIMIT_LABELS: tuple[str, ...] = LimitLabels._fields
 
 _pair_values = itemgetter(*(CONNECTION_LABELS.index(name) for name in PAIR_LABELS))
 

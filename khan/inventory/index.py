@@ -11,9 +11,9 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from khan.inventory.objects import EXTERNAL, KINDS, Claim, Owner, Projection, project
+from khan.inventory.objects import EXTERNAL, KINDS, Claim, Limit, ObjectKey, Owner, Projection, project
 
-__all__ = ["EXTERNAL", "Inventory", "Owner", "build_inventory", "inventory_from_projections", "resolve"]
+__all__ = ["EXTERNAL", "Inventory", "Limit", "Owner", "build_inventory", "inventory_from_projections", "resolve"]
 
 # Who wins a contested address, highest first. Service and node addresses are declared and stable; a live pod's
 # IP is its own; a pod CIDR's gateway and network addresses matter only when nothing more specific claims them.
@@ -25,17 +25,21 @@ _FINISHED_POD_RANK = 0
 class Inventory:
     """Who owns each known address, at one moment. Immutable: a change builds a new inventory."""
 
-    __slots__ = ("_objects", "_owners", "_skipped")
+    __slots__ = ("_invalid_limits", "_limits", "_objects", "_owners", "_skipped")
 
     def __init__(
         self,
         owners: Mapping[bytes, Owner] | None = None,
         objects: Mapping[str, int] | None = None,
         skipped: int = 0,
+        limits: Iterable[Limit] = (),
+        invalid_limits: int = 0,
     ) -> None:
         self._owners: dict[bytes, Owner] = dict(owners or {})  # private and never mutated: a plain dict is fastest
         self._objects: Mapping[str, int] = MappingProxyType(dict.fromkeys(KINDS, 0) | dict(objects or {}))
         self._skipped = skipped
+        self._limits = tuple(limits)
+        self._invalid_limits = invalid_limits
 
     def owner(self, address: bytes) -> Owner:
         """A packed address (4 or 16 bytes) -> its owner; EXTERNAL if no object claims it."""
@@ -45,6 +49,16 @@ class Inventory:
     def objects(self) -> Mapping[str, int]:
         """Objects indexed, by kind; every kind in KINDS is present, 0 if none came."""
         return self._objects
+
+    @property
+    def limits(self) -> tuple[Limit, ...]:
+        """The valid connection limits of the Services and live Pods that declare one (deleted pods excluded)."""
+        return self._limits
+
+    @property
+    def invalid_limits(self) -> int:
+        """Services and live Pods whose khan.io/max-connections is not a limit."""
+        return self._invalid_limits
 
     @property
     def skipped(self) -> int:
@@ -77,17 +91,21 @@ def inventory_from_projections(
     """Projected objects -> an inventory; `skipped` is passed through for the caller's own count.
 
     `fallback` (deleted pods in their grace period) only names addresses that no object in `projections` claims,
-    and is not counted in `objects`.
+    and is not counted in `objects`; nor do its connection limits count (a deleted pod accepts nothing).
     """
     counts: dict[str, int] = {}
     claims: list[Claim] = []
+    limits: dict[ObjectKey, Limit] = {}  # by object: a file listing one object twice declares its limit once
     for projection in projections:
         counts[projection.key.kind] = counts.get(projection.key.kind, 0) + 1
         claims.extend(projection.claims)
+        if projection.limit is not None:
+            limits[projection.key] = projection.limit
     owners = resolve(claims)
     for address, owner in resolve(claim for projection in fallback for claim in projection.claims).items():
         owners.setdefault(address, owner)
-    return Inventory(owners, counts, skipped)
+    valid = [limit for limit in limits.values() if limit.valid]
+    return Inventory(owners, counts, skipped, valid, len(limits) - len(valid))
 
 
 def resolve(claims: Iterable[Claim]) -> dict[bytes, Owner]:

@@ -3,7 +3,8 @@
 The input is one item of `kubectl get nodes,pods,services -A -o yaml`, which has the same shape as the object of
 a kubernetes_asyncio raw watch event, so a file load and a watch share these functions one object at a time.
 Input is untrusted: a field of the wrong type is ignored, an invalid address is dropped, and an object that
-cannot be named is not projected at all (`project` returns None). Nothing here raises on bad input.
+cannot be named is not projected at all (`project` returns None). Nothing here raises on bad input; the one side
+effect is the rate-limited warning about a bad connection-limit annotation (`khan.inventory.limits`).
 
 Which claim wins a contested address is not decided here but in `khan.inventory.index`.
 """
@@ -17,6 +18,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
+
+from khan.inventory.limits import INVALID, declared_limit
 
 # The kinds khan projects; everything else in an inventory is skipped.
 NODE = "Node"
@@ -70,11 +73,24 @@ class Claim(NamedTuple):
     created: float  # the object's creationTimestamp in Unix seconds; 0.0 if absent or unreadable
 
 
+class Limit(NamedTuple):
+    """The connection limit a Service or a live Pod declares (khan.io/max-connections), and whose it is."""
+
+    owner: Owner
+    value: int  # INVALID when the annotation's value is not a limit
+
+    @property
+    def valid(self) -> bool:
+        return self.value != INVALID
+
+
 class Projection(NamedTuple):
-    """Everything one object says about addresses; `claims` is empty for a pod without an IP."""
+    """Everything one object says about addresses; `claims` is empty for a pod without an IP. `limit` is None for
+    an object declaring none (nearly all): one empty slot, the annotations themselves are never kept."""
 
     key: ObjectKey
     claims: tuple[Claim, ...]
+    limit: Limit | None = None
 
 
 class _Meta(NamedTuple):
@@ -84,6 +100,7 @@ class _Meta(NamedTuple):
     created: float
     labels: Mapping[str, Any]
     owner_references: object
+    annotations: object  # read for the connection limit only, never kept
 
 
 def project(obj: Mapping[str, Any], default_kind: str | None = None) -> Projection | None:
@@ -113,7 +130,7 @@ def project_pod(pod: Mapping[str, Any]) -> Projection | None:
         return None
     meta, spec, status = parts
     key = ObjectKey(POD, meta.ns, meta.name)
-    if spec.get("hostNetwork") is True:
+    if spec.get("hostNetwork") is True:  # its connections are its node's: no pod series for a limit to join
         return Projection(key, ())
     pod_ips = status.get("podIPs")
     values: list[object]
@@ -125,7 +142,9 @@ def project_pod(pod: Mapping[str, Any]) -> Projection | None:
     workload_kind, workload_name = workload_of(meta)
     owner = Owner("pod", meta.ns, meta.app, meta.name, _text(spec.get("nodeName")), phase, workload_kind, workload_name)
     finished = phase in _FINISHED_PHASES
-    return Projection(key, _claims(values, owner, finished, meta.created))
+    # A finished pod accepts nothing: its limit counts for nobody, and a bad one is not worth a warning.
+    limit = None if finished else _limit(meta, POD, owner)
+    return Projection(key, _claims(values, owner, finished, meta.created), limit)
 
 
 def project_service(service: Mapping[str, Any]) -> Projection | None:
@@ -150,7 +169,8 @@ def project_service(service: Mapping[str, Any]) -> Projection | None:
             values.extend(entry.get("ip") for entry in ingress if isinstance(entry, Mapping))
     # "None" and "" fail to parse and so drop out with every other invalid address.
     owner = Owner("service", meta.ns, meta.app, meta.name)
-    return Projection(ObjectKey(SERVICE, meta.ns, meta.name), _claims(values, owner, False, meta.created))
+    key = ObjectKey(SERVICE, meta.ns, meta.name)
+    return Projection(key, _claims(values, owner, False, meta.created), _limit(meta, SERVICE, owner))
 
 
 def project_node(node: Mapping[str, Any]) -> Projection | None:
@@ -213,7 +233,13 @@ def _read_meta(meta: object, *, namespaced: bool) -> _Meta | None:
         _created(meta.get("creationTimestamp")),
         labels,
         meta.get("ownerReferences"),
+        meta.get("annotations"),
     )
+
+
+def _limit(meta: _Meta, kind: str, owner: Owner) -> Limit | None:
+    value = declared_limit(meta.annotations, kind, meta.ns, meta.name)
+    return None if value is None else Limit(owner, value)
 
 
 def _app(labels: Mapping[str, Any]) -> str:

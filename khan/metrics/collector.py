@@ -53,6 +53,8 @@ def families(
         for labels, count in last.connections.items():
             connections.add_metric(labels, count)
     yield connections
+    if last is not None:
+        yield from _limit_families(last)
     if interval_seconds is not None:
         yield gauge(f.POLL_INTERVAL, interval_seconds)
     if last is not None and last.counters is not None:
@@ -64,6 +66,17 @@ def families(
     info = InfoMetricFamily(f.BUILD_INFO.name, f.BUILD_INFO.help)
     info.add_metric([], {"version": __version__, "python_version": platform.python_version()})
     yield info
+
+
+def _limit_families(last: PollResult) -> Iterator[Metric]:
+    limits = gauge(f.CONNECTION_LIMIT)
+    for labels, value in sorted(last.limits.items()):
+        limits.add_metric(labels, value)
+    yield limits
+    ignored = gauge(f.CONNECTION_LIMITS_IGNORED)
+    ignored.add_metric(["invalid"], last.limits_invalid)
+    ignored.add_metric(["max_series"], last.limits_dropped)
+    yield ignored
 
 
 def _event_families(events: EventStats | None) -> Iterator[Metric]:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Literal, NamedTuple
 
-from khan.attribution.schema import CONNECTION_LABELS, FLOW_BYTES_LABELS, PAIR_LABELS, TRANSACTION_LABELS
+from khan.attribution.schema import (
+    CONNECTION_LABELS,
+    FLOW_BYTES_LABELS,
+    LIMIT_LABELS,
+    PAIR_LABELS,
+    TRANSACTION_LABELS,
+)
 
 
 class MetricSpec(NamedTuple):
@@ -20,6 +26,20 @@ CONNECTION = MetricSpec(
     "Connections in the node's conntrack table right now, by both ends (original tuple), port, transport and state; "
     'seen_from=~"source|ingress" counts each connection in the cluster once.',
     CONNECTION_LABELS,
+)
+CONNECTION_LIMIT = MetricSpec(
+    "khan_connection_limit",
+    "gauge",
+    "Connections a destination accepts, as its Service or Pod declares in the annotation khan.io/max-connections; "
+    "dst_* as khan_connection names it (under --aggregate workload, the sum over the workload's live pods).",
+    LIMIT_LABELS,
+)
+CONNECTION_LIMITS_IGNORED = MetricSpec(
+    "khan_connection_limits_ignored",
+    "gauge",
+    "Declared connection limits not served: invalid (Services and live Pods whose khan.io/max-connections is not a "
+    "whole number from 1 to 100000000) or max_series (destinations beyond --max-series).",
+    ("reason",),
 )
 OPENED = MetricSpec(
     "khan_connections_opened_total",
@@ -190,6 +210,8 @@ BUILD_INFO = MetricSpec(
 
 ALL: tuple[MetricSpec, ...] = (
     CONNECTION,
+    CONNECTION_LIMIT,
+    CONNECTION_LIMITS_IGNORED,
     POLL_INTERVAL,
     OPENED,
     FLOW_BYTES,

@@ -13,6 +13,7 @@ import structlog
 
 from khan.attribution.connections import attribute_connections, count_flows
 from khan.attribution.labels import DEFAULT_POLICY, Attributor, LabelPolicy
+from khan.attribution.limits import bounded, declared_limits
 from khan.attribution.raw_keys import RawKey
 from khan.conntrack.namespace import entered
 from khan.conntrack.netlink import DumpStats, dump_flows
@@ -53,6 +54,7 @@ def poll(
         accounting = table.accounting if table is not None else None
         limit = table.limit if table is not None else None
         counters = counting.update(names, connections, accounting, time.monotonic(), folded, limit)
+    limits, limits_dropped = bounded(declared_limits(inventory, policy), max_series)
     return PollResult(
         node=node,
         connections=PollResult.freeze(served),
@@ -65,6 +67,9 @@ def poll(
         inventory_objects=dict(inventory.objects),
         inventory_addresses=len(inventory),
         counters=counters,
+        limits=PollResult.freeze(limits),
+        limits_invalid=inventory.invalid_limits,
+        limits_dropped=limits_dropped,
     )
 
 

@@ -26,6 +26,9 @@ class PollResult:
     inventory_objects: Mapping[str, int] = field(default_factory=dict)
     inventory_addresses: int = 0
     counters: CounterView | None = None  # None where nothing is counted (khan snapshot)
+    limits: Mapping[Labels, int] = field(default_factory=dict)  # declared connection limits, LimitLabels
+    limits_invalid: int = 0  # objects whose limit annotation is not a limit
+    limits_dropped: int = 0  # destinations beyond --max-series whose limit is not served
 
     @staticmethod
     def freeze(connections: dict[Labels, int]) -> Mapping[Labels, int]:

@@ -70,6 +70,8 @@ POLL = PollResult(
         label_sets={"opened": 3, "flow_bytes": 2},
         forgotten={"opened": 1, "flow_bytes": 0},
     ),
+    limits={("service", "shop", "web-svc"): 300, ("pod", "shop", "pod-c"): 100},
+    limits_invalid=1,
 )  # fmt: skip
 EVENTS = EventStats(new=9, destroy=3, malformed=0, overflows=1, dropped=40)
 HEALTH = Health(last=POLL, polls=4, poll_errors=1, entries_read=20, entries_malformed=1, dumps_interrupted=0)
