@@ -65,6 +65,9 @@ UP = khan("up")
 OUTSIDE = khan("khan_connection", ONCE + ', src_type="external"')
 HALF_OPEN = khan("khan_connection", ONCE + ', transport="tcp", state=~"SYN_SENT|SYN_SENT2"')
 DROPS = khan("khan_conntrack_table_events_total", 'event=~"drop|early_drop|insert_failed"')
+# Connections a server still holds: every state but those of a connection already closed (conntrack keeps TIME_WAIT
+# up to two minutes, CLOSE ten seconds), which a busy server of short requests has many of and no slot for.
+HELD_OPEN = khan("khan_connection", ONCE + ', state!~"TIME_WAIT|CLOSE"')
 DNS_UNREPLIED = khan("khan_connection", ONCE + ', transport="udp", dst_port="53", state="UNREPLIED"')
 
 CONNECTIONS = Group(
@@ -168,7 +171,7 @@ CONNECTIONS = Group(
         Alert(
             "KhanConnectionLimitNear",
             text(f"""
-                khan:destination_connections:count_once
+                sum by ({DESTINATION}) ({HELD_OPEN})
                 / on ({DESTINATION})
                 max by ({DESTINATION}) ({khan("khan_connection_limit")} > 0)
                 >= {t("connectionLimitShare")}
@@ -178,10 +181,11 @@ CONNECTIONS = Group(
             "{{ $labels.dst_name }} is near its declared connection limit",
             text("""
                 {{ $labels.dst_type }} {{ $labels.dst_ns }}/{{ $labels.dst_name }} has {{ $value | humanizePercentage }}
-                of the connections its khan.io/max-connections annotation allows (counted once across nodes).
+                of the connections its khan.io/max-connections annotation allows (open connections, counted once across
+                nodes).
             """),
-            "Inbound connections against the limit declared by the annotation khan.io/max-connections. Every agent\n"
-            "exports the same limits, so max takes one; a limit of 0 declares nothing.",
+            "Inbound connections still open (not TIME_WAIT or CLOSE) against the limit declared by the annotation\n"
+            "khan.io/max-connections. Every agent exports the same limits, so max takes one.",
         ),
     ),
 )

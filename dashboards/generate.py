@@ -277,14 +277,16 @@ def leak(on: Inputs) -> Any:
 def overload(on: Inputs) -> Any:
     inbound = f'{on.once}, dst_name=~"$destination"'
     destination = "dst_type, dst_ns, dst_name"
-    # Inbound connections of each destination that declares a limit (khan.io/max-connections), counted once.
-    connections = f"sum {on.by(destination)} (khan_connection{{{inbound}}})"
+    # Inbound connections still open (closed ones hold no slot: as KhanConnectionLimitNear counts them) of each
+    # destination that declares a limit (khan.io/max-connections), counted once.
+    connections = f'sum {on.by(destination)} (khan_connection{{{inbound}, state!~"TIME_WAIT|CLOSE"}})'
     limits = f'max {on.by(destination)} (khan_connection_limit{{{on.khan}, dst_name=~"$destination"}})'
     against_limits = graph(
         "Inbound connections against declared limits", f"{connections} and on ({on.cluster_label}, {destination}) "
         f"{limits}", "{{dst_ns}}/{{dst_name}}",
         description="Destinations whose Service or Pod declares khan.io/max-connections: inbound connections "
-        "counted once across nodes, and the declared limit (dashed). KhanConnectionLimitNear fires near it.",
+        "still open (not TIME_WAIT or CLOSE), counted once across nodes, and the declared limit (dashed). "
+        "KhanConnectionLimitNear fires near it.",
     ).with_target(query(limits, "{{dst_ns}}/{{dst_name}} limit", ref="B")).override_by_query(
         "B", [model.DynamicConfigValue(id_val="custom.lineStyle", value={"fill": "dash", "dash": [10, 10]})]
     )  # fmt: skip
