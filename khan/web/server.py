@@ -47,6 +47,9 @@ PROBE_CONNECTIONS = 4
 # A handshake takes milliseconds on a node's network, but under a flood of them the event loop works through a
 # queue: 2 s cut a legitimate scraper's handshake (1 in 20) while 60 clients made 2,300 handshakes a second.
 HANDSHAKE_SECONDS = 5.0
+# Request bytes that may arrive with a TLS handshake's last message and are held until the handler is made: far
+# more than a request's head (aiohttp's limit is 8 KiB a line), far less than would matter per connection.
+EARLY_DATA_LIMIT = 64 * 1024
 SERVER_NAME = "khan"  # the Server header: no versions for a scanner to match
 # At shutdown, answers under way get this long to finish before their connections are cut (and aiohttp this
 # long again to end its handlers): a scraper that stops reading cannot hold the exit past its deadline.
@@ -217,6 +220,12 @@ class _Tracked(asyncio.Protocol):
         self._tls = tls
         self._made = False  # the inner handler has its transport (after the handshake, with TLS)
         self._handshake: asyncio.Task[None] | None = None
+        # With TLS, the first request may come decrypted with the handshake's last bytes, before start_tls
+        # returns and the handler is made (a client that disables Nagle sends them in one segment): it is held
+        # here and handed over, not dropped.
+        self._early: list[bytes] = []
+        self._early_bytes = 0
+        self._early_eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         stream: asyncio.Transport = transport  # type: ignore[assignment]  # a stream server's
@@ -247,9 +256,18 @@ class _Tracked(asyncio.Protocol):
             self._guard.closed(self._inner)
             transport.abort()
             return
+        if self._early_bytes > EARLY_DATA_LIMIT:
+            self._guard.closed(self._inner)
+            secure.abort()
+            return
         self._guard.upgraded(self._inner, secure)
         self._made = True
         self._inner.connection_made(secure)
+        early, self._early = self._early, []
+        for data in early:
+            self._inner.data_received(data)
+        if self._early_eof and not self._inner.eof_received():
+            secure.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._guard.closed(self._inner)
@@ -259,11 +277,22 @@ class _Tracked(asyncio.Protocol):
             self._inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._made:  # before the handshake, reading is paused and then start_tls's protocol reads
+        if self._made:
             self._inner.data_received(data)
+            return
+        # Only start_tls's protocol calls this before the handler is made, with the bytes decrypted in the
+        # handshake's last read: a bounded amount, but a peer cannot make it grow unchecked either.
+        self._early_bytes += len(data)
+        if self._early_bytes <= EARLY_DATA_LIMIT:
+            self._early.append(data)
+        else:
+            self._early.clear()  # _start_tls drops the connection
 
     def eof_received(self) -> bool | None:
-        return self._inner.eof_received() if self._made else None
+        if self._made:
+            return self._inner.eof_received()
+        self._early_eof = True
+        return True  # keep the transport open until the handler has had the early bytes
 
     def pause_writing(self) -> None:
         if self._made:

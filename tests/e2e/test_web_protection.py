@@ -168,6 +168,16 @@ def test_self_signed_tls_needs_no_files(netns: str, tmp_path: Path) -> None:
         assert int(str(made["serial"]), 16) == agent.peer_serial()
 
 
+def test_a_client_without_nagle_gets_its_first_request_answered(netns: str, tmp_path: Path) -> None:
+    """Go's clients (Prometheus, the kubelet's probes) disable Nagle's algorithm, so the request often arrives in
+    the same read as the handshake's last message, before the handler is in place: it must be answered, not
+    dropped until the header deadline."""
+    with running_agent(netns, tmp_path, ["--tls-self-signed"]) as agent:
+        agent.wait_ready()
+        for _ in range(30):
+            assert agent.status("/healthz", nodelay=True, timeout=2) == 200
+
+
 BAD_CONFIGS = {
     "unknown top key": ({"http_server_config": {"http2": False}}, "unknown or unsupported key http_server_config"),
     "unknown tls key": (

@@ -55,10 +55,14 @@ class Agent:
         headers: Mapping[str, str] | None = None,
         context: ssl.SSLContext | None = None,
         timeout: float = 10,
+        nodelay: bool = False,
     ) -> tuple[int, dict[str, list[str]], bytes]:
-        """One request on a new connection: (status, headers by lower-case name, body)."""
+        """One request on a new connection: (status, headers by lower-case name, body). `nodelay` disables Nagle's
+        algorithm, as Go's clients (Prometheus, the kubelet) do."""
         with entered(self.netns):
             raw = socket.create_connection(("127.0.0.1", PORT), timeout=timeout)
+        if nodelay:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with contextlib.ExitStack() as stack:
             sock: socket.socket = stack.enter_context(raw)
             if self.scheme == "https":
