@@ -95,17 +95,21 @@ pip_wheel=$(echo /usr/share/python-wheels/pip-*.whl)
 log "wheels of khan $version and its dependencies"
 "$PYTHON" "$pip_wheel/pip" wheel --quiet --no-cache-dir --wheel-dir "$work/wheels" "$REPO"
 cp "$pip_wheel" "$work/wheels/"
-host_python=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+minor='import sys; print(sys.version_info[1])'
+host_minor=$("$PYTHON" -c "$minor")
 
 # The root filesystem, straight to a tarball. Inside a chroot: the venv without pip, then khan from the wheels
 # alone (no index), with a clean environment so the host's pip configuration does not leak in.
 log "root filesystem: mmdebstrap $SUITE with python3"
 in_chroot='chroot "$1" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root'
+# The wheels' compiled parts are for the build machine's Python: the image's python3 must be the same 3.x.
+same_python="image_minor=\$($in_chroot python3 -c '$minor'); [ \"\$image_minor\" = $host_minor ] || {
+    echo \"build.sh: the image's python3 is 3.\$image_minor, $PYTHON is 3.$host_minor: set PYTHON\" >&2; exit 1; }"
 mmdebstrap --quiet --variant=essential --include=python3 \
     --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
     --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*' \
-    --customize-hook="test \"\$($in_chroot python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])')\" = $host_python" \
+    --customize-hook="$same_python" \
     --customize-hook="cp -r '$work/wheels' \"\$1/tmp/wheels\"" \
     --customize-hook="$in_chroot python3 -m venv --without-pip /opt/khan" \
     --customize-hook="$in_chroot /opt/khan/bin/python /tmp/wheels/$(basename "$pip_wheel")/pip install --quiet \
