@@ -6,6 +6,8 @@
 #
 #   deploy/image/build.sh                        build (or reuse) the image; prints its reference on stdout
 #   deploy/image/build.sh --print-containerfile  print the Containerfile it would build with, and stop
+#   deploy/image/build.sh --dockerfile           build deploy/Dockerfile itself, as users do, against a stand-in
+#                                                for debian:bookworm-slim made by mmdebstrap (needs the network)
 #
 # Podman uses a private store (CONTAINERS_STORAGE_CONF=$KHAN_IMAGE_CACHE/storage.conf), never the machine's own.
 # The image is tagged localhost/khan:<version> and localhost/khan:inputs-<hash of its inputs>; when an image with
@@ -42,14 +44,11 @@ containerfile() {
     final_stage_metadata
 }
 
-if [[ ${1:-} == --print-containerfile ]]; then
-    containerfile
-    exit 0
-fi
-if [[ $# -gt 0 ]]; then
-    echo "usage: $0 [--print-containerfile]" >&2
-    exit 2
-fi
+case "${1:-}" in
+    --print-containerfile) containerfile; exit 0 ;;
+    --dockerfile | "") mode=${1:---offline} ;;
+    *) echo "usage: $0 [--print-containerfile | --dockerfile]" >&2; exit 2 ;;
+esac
 
 for tool in mmdebstrap podman; do
     command -v "$tool" >/dev/null || { log "$tool is missing: apt-get install mmdebstrap podman runc"; exit 1; }
@@ -78,6 +77,7 @@ inputs=$(
     } | sha256sum | cut -c1-16
 )
 image=localhost/khan:inputs-$inputs
+[[ $mode == --dockerfile ]] && image=localhost/khan-dockerfile:inputs-$inputs
 if podman image exists "$image"; then
     log "cached: $image"
     echo "$image"
@@ -87,6 +87,50 @@ fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/khan-image.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 started=$SECONDS
+# Doc, man pages, translations and info left out, as Debian's slim images do.
+EXCLUDES=(--dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*'
+    --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*')
+
+# Only the newest build of each kind is kept: the store does not grow with every change of the sources.
+keep_only() {
+    podman images --format '{{.Repository}}:{{.Tag}}' | awk -v keep="$1" -v kind="${1%%:*}:inputs-" \
+        'index($0, kind) == 1 && $0 != keep' | xargs -r podman rmi --force >/dev/null
+    podman image prune --force >/dev/null
+}
+
+if [[ $mode == --dockerfile ]]; then
+    # debian:bookworm-slim cannot be pulled here: a stand-in with its configuration (PATH, CMD bash) from
+    # mmdebstrap's minbase variant, apt's downloaded packages cleaned as in the real one. Kept in the store.
+    base=docker.io/library/debian:$SUITE-slim
+    if ! podman image exists "$base"; then
+        log "stand-in for $base: mmdebstrap --variant=minbase"
+        cat >"$work/docker-clean" <<'EOF'
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+EOF
+        mmdebstrap --quiet --variant=minbase --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr "${EXCLUDES[@]}" \
+            --customize-hook="cp '$work/docker-clean' \"\$1/etc/apt/apt.conf.d/docker-clean\"" \
+            "$SUITE" "$work/base.tar" >&2
+        printf '%s\n' 'FROM scratch' 'ADD base.tar /' 'CMD ["bash"]' \
+            'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' >"$work/Containerfile"
+        podman build --quiet --pull=never --tag "$base" --file "$work/Containerfile" "$work" >/dev/null
+    fi
+    log "deploy/Dockerfile: podman build"
+    # The RUN steps fetch from Debian and PyPI over the host's network; pip trusts what the host trusts (a proxy
+    # the host trusts, too) through a pip.conf mounted for the build only (podman leaves the two mount points
+    # behind, empty: /etc/pip.conf and /tmp/khan-build-ca.crt). Limits this VM allows (its defaults exceed them).
+    printf '[global]\ncert = /tmp/khan-build-ca.crt\n' >"$work/pip.conf"
+    podman build --pull=never --runtime runc --network host --volume "$work/pip.conf:/etc/pip.conf:ro" \
+        --volume /etc/ssl/certs/ca-certificates.crt:/tmp/khan-build-ca.crt:ro \
+        --ulimit "nofile=$(ulimit -Hn):$(ulimit -Hn)" --ulimit nproc=32768:32768 \
+        --tag "$image" --file "$DOCKERFILE" "$REPO" >&2
+    keep_only "$image"
+    log "built $image in $((SECONDS - started)) s"
+    echo "$image"
+    exit 0
+fi
 
 # Wheels of khan and every dependency, made with Debian's own pip wheel (python3-venv brings it); pip goes in as a
 # wheel too, to be run from the zip inside the root filesystem and leave nothing behind.
@@ -107,9 +151,7 @@ same_python="image_minor=\$($in_chroot python3 -c '$minor'); [ \"\$image_minor\"
     echo \"build.sh: the image's python3 is 3.\$image_minor, $PYTHON is 3.$host_minor: set PYTHON\" >&2; exit 1; }"
 mmdebstrap --quiet --variant=essential --include=python3 \
     --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
-    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
-    --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*' \
-    --customize-hook="$same_python" \
+    "${EXCLUDES[@]}" --customize-hook="$same_python" \
     --customize-hook="cp -r '$work/wheels' \"\$1/tmp/wheels\"" \
     --customize-hook="$in_chroot python3 -m venv --without-pip /opt/khan" \
     --customize-hook="$in_chroot /opt/khan/bin/python /tmp/wheels/$(basename "$pip_wheel")/pip install --quiet \
@@ -121,9 +163,6 @@ log "image: podman build"
 containerfile >"$work/Containerfile"
 podman build --quiet --pull=never --tag "$image" --tag "localhost/khan:$version" \
     --file "$work/Containerfile" "$work" >/dev/null
-# Only the newest build is kept: the store does not grow with every change of the sources.
-podman images --format '{{.Repository}}:{{.Tag}}' | awk -v keep="$image" '/^localhost\/khan:inputs-/ && $0 != keep' |
-    xargs -r podman rmi --force >/dev/null
-podman image prune --force >/dev/null
+keep_only "$image"
 log "built $image in $((SECONDS - started)) s"
 echo "$image"

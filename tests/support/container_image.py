@@ -146,9 +146,11 @@ def require_image_tools() -> None:
         tools.require_tool(tool, package)
 
 
-def build_image(timeout: float = 900) -> str:
-    """Build (or reuse) the image with deploy/image/build.sh; its reference (localhost/khan:inputs-<hash>)."""
-    done = subprocess.run(["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, timeout=timeout, check=False)
+def build_image(*options: str, timeout: float = 900) -> str:
+    """Build (or reuse) the image with deploy/image/build.sh; its reference (localhost/khan:inputs-<hash>, or
+    localhost/khan-dockerfile:inputs-<hash> with --dockerfile)."""
+    argv = ["bash", str(BUILD_SCRIPT), *options]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     assert done.returncode == 0, f"build.sh failed ({done.returncode}):\n{done.stderr[-5000:]}"
     return done.stdout.strip().splitlines()[-1]
 
