@@ -29,8 +29,8 @@ log() { echo "build.sh: $*" >&2; }
 final_stage_metadata() {
     awk -v keep="^(${METADATA_INSTRUCTIONS})[[:space:]]" '
         /^[[:space:]]*#/ { next }
-        { line = (pending == "" ? $0 : pending " " $0) }
-        /\\[[:space:]]*$/ { sub(/\\[[:space:]]*$/, "", line); pending = line; next }
+        { text = $0; sub(/^[[:space:]]+/, "", text); line = (pending == "" ? text : pending " " text) }
+        /\\[[:space:]]*$/ { sub(/[[:space:]]*\\[[:space:]]*$/, "", line); pending = line; next }
         { pending = "" }
         toupper(line) ~ /^FROM[[:space:]]/ { n = 0; next }
         toupper(line) ~ keep { stage[++n] = line }

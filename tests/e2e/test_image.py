@@ -167,8 +167,12 @@ def test_events_of_a_short_connection_reach_the_agent(container: Agent, lab: tup
 def test_without_net_admin_the_agent_exits_with_one_line(image: str, lab: tuple[Lab, Path]) -> None:
     the_lab, inventory = lab
     # Another port: the module's container listens on the image's in the same namespace.
-    argv = ["run", *run_flags(the_lab, inventory, []), image, *agent_args(), "--listen", f"127.0.0.1:{PORT + 1}"]
-    argv += ["--log-level", "error"]
-    done = podman(*argv, timeout=60, check=False)
+    name = f"khan-image-test-{os.getpid()}-no-net-admin"
+    argv = ["run", "--name", name, *run_flags(the_lab, inventory, []), image, *agent_args()]
+    argv += ["--listen", f"127.0.0.1:{PORT + 1}", "--log-level", "error"]
+    try:
+        done = podman(*argv, timeout=60, check=False)
+    finally:  # --rm removes it when it exits; this, when it did not (a timeout)
+        podman("rm", "--force", "--ignore", "--time", "0", name, check=False)
     assert done.returncode == 1, done.stderr
     assert done.stderr.strip() == NETLINK_DENIED
