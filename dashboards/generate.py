@@ -39,6 +39,12 @@ CHART_DASHBOARDS = HERE.parent / "deploy" / "helm" / "khan" / "dashboards"
 # Where the chart's copies leave the job and the cluster label's name for the chart's values.
 JOB_TOKEN = "__KHAN_JOB__"
 CLUSTER_LABEL_TOKEN = "__KHAN_CLUSTER_LABEL__"
+# ... and the shares at which the table alerts fire (monitoring.thresholds): numbers in the JSON, so the copies are
+# built with these stand-ins, which no panel holds otherwise, and each is then written as its token.
+SHARE_TOKENS = {
+    0.123456789012: "__KHAN_TABLE_FILLING_SHARE__",
+    0.987654321098: "__KHAN_TABLE_FULL_SHARE__",
+}
 DATASOURCE = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
 RATE = "$__rate_interval"
 # The shares of a node's table at which KhanConntrackTableFilling and KhanConntrackTableFull fire, where the
@@ -333,8 +339,8 @@ def conntrack_table(on: Inputs) -> Any:
     clients = "src_type, src_ns, src_app, src_name"
     fill = with_thresholds(
         graph("Table fill per node", table_fill, "{{node}}", "percentunit",
-              f"Entries over nf_conntrack_max on each node. Dashed: the warning ({on.table_warning:.0%}, "
-              f"KhanConntrackTableFilling) and critical ({on.table_critical:.0%}, KhanConntrackTableFull) shares. "
+              "Entries over nf_conntrack_max on each node. Dashed: the shares at which KhanConntrackTableFilling "
+              "(warning) and KhanConntrackTableFull (critical) fire. "
               "A full table drops the packets of new connections (nf_conntrack: table full, dropping packet). "
               "Nodes are named through khan_connection; khan / Health shows every agent's fill by instance."),
         on.table_warning, on.table_critical,
@@ -454,12 +460,21 @@ def outputs(config: monitoring.MonitoringConfig) -> dict[Path, str]:
         table_warning=thresholds.get("conntrackTableFillingShare", TABLE_WARNING),
         table_critical=thresholds.get("conntrackTableFullShare", TABLE_CRITICAL),
     )
-    tokens = replace(on, job=JOB_TOKEN, cluster_label=CLUSTER_LABEL_TOKEN)
+    warning, critical = SHARE_TOKENS
+    tokens = replace(
+        on, job=JOB_TOKEN, cluster_label=CLUSTER_LABEL_TOKEN, table_warning=warning, table_critical=critical
+    )
     written = {HERE / "kustomization.yaml": kustomization()}
     for uid, build in BOARDS.items():
         written[HERE / f"{uid}.json"] = render(build, on)
-        written[CHART_DASHBOARDS / f"{uid}.json"] = render(build, tokens)
+        written[CHART_DASHBOARDS / f"{uid}.json"] = with_share_tokens(render(build, tokens))
     return written
+
+
+def with_share_tokens(text: str) -> str:
+    for stand_in, token in SHARE_TOKENS.items():
+        text = text.replace(json.dumps(stand_in), token)
+    return text
 
 
 def main(argv: list[str]) -> int:

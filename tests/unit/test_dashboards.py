@@ -177,11 +177,14 @@ def test_every_query_selects_the_configured_job_and_cluster_label(path: Path) ->
 
 
 def test_another_configuration_reaches_every_query_and_leaves_no_default(tmp_path: Path) -> None:
-    boards = {path: json.loads(text) for path, text in other_outputs(tmp_path).items() if path.suffix == ".json"}
-    assert len(boards) == 2 * len(UIDS)
+    written = [path for path in other_outputs(tmp_path) if path.suffix == ".json"]
+    assert len(written) == 2 * len(UIDS)  # the dashboards and the chart's copies (JSON once their tokens are filled)
+    boards = {
+        path: json.loads(text)
+        for path, text in other_outputs(tmp_path).items()
+        if path.parent == DASHBOARDS and path.suffix == ".json"
+    }
     for path, board in boards.items():
-        if path.parent != DASHBOARDS:
-            continue
         exprs = queries(board) + variable_queries(board)
         for expr in exprs:
             assert selectors(expr), expr
@@ -200,7 +203,13 @@ def test_the_chart_copy_is_the_dashboard_with_tokens(uid: str, tmp_path: Path) -
     assert f'job=\\"{DEFAULT.job}\\"' not in copy
 
     def rendered(job: str, cluster_label: str) -> str:
-        return copy.replace(generate.JOB_TOKEN, job).replace(generate.CLUSTER_LABEL_TOKEN, cluster_label)
+        filled = copy.replace(generate.JOB_TOKEN, job).replace(generate.CLUSTER_LABEL_TOKEN, cluster_label)
+        for token, key in (
+            ("__KHAN_TABLE_FILLING_SHARE__", "conntrackTableFillingShare"),
+            ("__KHAN_TABLE_FULL_SHARE__", "conntrackTableFullShare"),
+        ):
+            filled = filled.replace(token, str(DEFAULT.thresholds[key]))
+        return filled
 
     # What the chart makes with the default values is the committed dashboard, byte for byte ...
     assert rendered(DEFAULT.job, DEFAULT.cluster_label) == (DASHBOARDS / f"{uid}.json").read_text()
@@ -314,7 +323,22 @@ def test_the_table_fill_panel_draws_the_configured_alert_shares() -> None:
     steps = fill["fieldConfig"]["defaults"]["thresholds"]["steps"]
     assert [step["value"] for step in steps] == [None, 0.6, 0.8]
     assert fill["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"] == {"mode": "dashed"}
-    assert "(60%, KhanConntrackTableFilling)" in fill["description"]
     default = json.loads((DASHBOARDS / "khan-conntrack-table.json").read_text())
     (fill,) = [panel for panel in default["panels"] if panel["title"] == "Table fill per node"]
     assert [step["value"] for step in fill["fieldConfig"]["defaults"]["thresholds"]["steps"]] == [None, 0.75, 0.9]
+
+
+def test_the_chart_draws_the_shares_its_values_configure(tmp_path: Path) -> None:
+    values = tmp_path / "values.yaml"
+    shares = {"conntrackTableFillingShare": 0.6, "conntrackTableFullShare": 0.85}
+    values.write_text(yaml.safe_dump({"monitoring": {"thresholds": shares}}))
+    done = subprocess.run(
+        [tools.require_kube_tool("helm"), "template", "khan", str(CHART_DASHBOARDS.parent), "-f", str(values),
+         "--show-only", "templates/dashboards.yaml"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (configmap,) = [obj for obj in yaml.safe_load_all(done.stdout) if obj["metadata"]["name"] == "khan-conntrack-table"]
+    board = json.loads(configmap["data"]["khan-conntrack-table.json"])
+    (fill,) = [panel for panel in board["panels"] if panel["title"] == "Table fill per node"]
+    assert [step["value"] for step in fill["fieldConfig"]["defaults"]["thresholds"]["steps"]] == [None, 0.6, 0.85]
