@@ -256,7 +256,7 @@ class _Tracked(asyncio.Protocol):
             self._guard.closed(self._inner)
             transport.abort()
             return
-        if self._early_bytes > EARLY_DATA_LIMIT:
+        if self._early_bytes > EARLY_DATA_LIMIT or self._early_eof:
             self._guard.closed(self._inner)
             secure.abort()
             return
@@ -266,8 +266,6 @@ class _Tracked(asyncio.Protocol):
         early, self._early = self._early, []
         for data in early:
             self._inner.data_received(data)
-        if self._early_eof and not self._inner.eof_received():
-            secure.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._guard.closed(self._inner)
@@ -291,8 +289,10 @@ class _Tracked(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         if self._made:
             return self._inner.eof_received()
+        # A peer that closed in the handshake's last read: TLS cannot half-close, so asyncio shuts the connection
+        # whatever this returns, and no answer could reach the peer; _start_tls drops it.
         self._early_eof = True
-        return True  # keep the transport open until the handler has had the early bytes
+        return None
 
     def pause_writing(self) -> None:
         if self._made:

@@ -86,6 +86,35 @@ class Agent:
     def status(self, path: str, **kwargs: object) -> int:
         return self.request(path, **kwargs)[0]  # type: ignore[arg-type]
 
+    def coalesced_request(self, path: str, close: bool = False, timeout: float = 5) -> bytes:
+        """The handshake's last message, a request (and, with `close`, the TLS close) sent in one segment, as a
+        client without Nagle's algorithm often does: what comes back (the answer's head, or b"")."""
+        tls = insecure().wrap_bio(incoming := ssl.MemoryBIO(), outgoing := ssl.MemoryBIO(), server_side=False)
+        with entered(self.netns):
+            raw = socket.create_connection(("127.0.0.1", PORT), timeout=timeout)
+        with raw:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    raw.sendall(outgoing.read())
+                    incoming.write(raw.recv(65536))
+            tls.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
+            if close:
+                with contextlib.suppress(ssl.SSLWantReadError):
+                    tls.unwrap()
+            raw.sendall(outgoing.read())
+            answer = b""
+            with contextlib.suppress(OSError):
+                while b"\r\n\r\n" not in answer and (chunk := raw.recv(65536)):
+                    incoming.write(chunk)
+                    with contextlib.suppress(ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                        while data := tls.read(65536):
+                            answer += data
+        return answer
+
     def peer_serial(self) -> int:
         with entered(self.netns):
             raw = socket.create_connection(("127.0.0.1", PORT), timeout=5)
