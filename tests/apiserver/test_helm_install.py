@@ -29,5 +29,5 @@ def test_helm_template_passes_the_api_servers_dry_run(applier: Applier, variant:
 
 
 def test_the_optional_parts_are_all_sent(applier: Applier) -> None:
-    kinds = {obj["kind"] for obj in rendered(VARIANTS["everything"])}
+    kinds = {obj["kind"] for variant in ("everything", "everything-by-service") for obj in rendered(VARIANTS[variant])}
     assert {"PodMonitor", "ServiceMonitor", "PrometheusRule", "Secret", "ConfigMap"} <= kinds

@@ -6,15 +6,20 @@ from __future__ import annotations
 import json
 
 DIGEST = "sha256:" + "0123456789abcdef" * 4
-# Every optional part on, as a user would set them: the variants of tests/apiserver/test_helm_install.py too.
-EVERYTHING = {
+POD_MONITOR = {
     "podMonitor.enabled": "true",
     "podMonitor.additionalLabels": '{"release": "kube-prometheus-stack"}',
     "podMonitor.scrapeTimeout": '"10s"',
     "podMonitor.metricRelabelings": '[{"action": "labeldrop", "regex": "pod_ip"}]',
+}
+SERVICE_MONITOR = {
     "serviceMonitor.enabled": "true",
     "serviceMonitor.additionalLabels": '{"release": "kube-prometheus-stack"}',
     "serviceMonitor.tlsConfig": '{"ca": {"secret": {"name": "khan-tls", "key": "ca.crt"}}, "serverName": "khan"}',
+}
+# Every optional part on, as a user would set them, with the PodMonitor (EVERYTHING) or the ServiceMonitor
+# (EVERYTHING_BY_SERVICE): the chart refuses both at once. The variants of tests/apiserver/test_helm_install.py too.
+EVERYTHING_BUT_MONITORS = {
     "prometheusRule.enabled": "true",
     "prometheusRule.additionalLabels": '{"release": "kube-prometheus-stack"}',
     "dashboards.labels": '{"grafana_dashboard": "1", "team": "sre"}',
@@ -67,8 +72,17 @@ EVERYTHING = {
     "serviceAccount.annotations": '{"example.com/owner": "sre"}',
     "rbac.metricsReaderSubjects": '[{"kind": "ServiceAccount", "name": "prometheus", "namespace": "observability"}]',
 }
+EVERYTHING = {**POD_MONITOR, **EVERYTHING_BUT_MONITORS}
+EVERYTHING_BY_SERVICE = {**SERVICE_MONITOR, **EVERYTHING_BUT_MONITORS}
 # Plain HTTP, no token asked: what a lab or a cluster behind its own proxy might run.
-OPEN = {"web.auth": '"none"', "web.tls.mode": '"none"', "podMonitor.enabled": "true", "serviceMonitor.enabled": "true"}
+OPEN = {"web.auth": '"none"', "web.tls.mode": '"none"', "podMonitor.enabled": "true"}
 # Objects of the cluster's own: an existing ServiceAccount, RBAC made elsewhere.
 BYO = {"rbac.create": "false", "serviceAccount.create": "false", "serviceAccount.name": '"node-agents"'}
-VARIANTS = {"default": {}, "everything": EVERYTHING, "open": OPEN, "existing-account": BYO}
+VARIANTS = {
+    "default": {},
+    "everything": EVERYTHING,
+    "everything-by-service": EVERYTHING_BY_SERVICE,
+    "open": OPEN,
+    "existing-account": BYO,
+    "existing-account-monitored": {**BYO, "podMonitor.enabled": "true"},
+}

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from khan.options import AGENT, options_of
-from tests.support.chart_values import BYO, DIGEST, EVERYTHING, OPEN, VARIANTS
+from tests.support.chart_values import BYO, DIGEST, EVERYTHING, EVERYTHING_BY_SERVICE, OPEN, VARIANTS
 from tests.support.manifests import (
     CHART,
     DEPLOY,
@@ -202,7 +202,7 @@ def test_tls_from_a_secret_mounts_it_with_a_web_configuration() -> None:
         }
     }
     assert {mount["mountPath"] for mount in container(objects)["volumeMounts"]} == {"/etc/khan/tls", "/etc/khan/web"}
-    service_monitor = one(objects, "ServiceMonitor")
+    service_monitor = one(rendered(EVERYTHING_BY_SERVICE), "ServiceMonitor")
     assert service_monitor["spec"]["endpoints"][0]["tlsConfig"]["ca"]["secret"]["name"] == "khan-tls"
 
 
@@ -214,11 +214,14 @@ def test_tls_from_a_secret_needs_its_name() -> None:
 
 def test_the_monitors_scrape_with_the_scraper_token_and_the_release_label() -> None:
     rule_template_generated()
-    objects = rendered(EVERYTHING)
-    secret = one(objects, "Secret")
-    assert secret["type"] == "kubernetes.io/service-account-token"
-    scraper = secret["metadata"]["annotations"]["kubernetes.io/service-account.name"]
-    for kind, endpoints in (("PodMonitor", "podMetricsEndpoints"), ("ServiceMonitor", "endpoints")):
+    for values, kind, endpoints in (
+        (EVERYTHING_BY_SERVICE, "ServiceMonitor", "endpoints"),
+        (EVERYTHING, "PodMonitor", "podMetricsEndpoints"),
+    ):
+        objects = rendered(values)
+        secret = one(objects, "Secret")
+        assert secret["type"] == "kubernetes.io/service-account-token"
+        scraper = secret["metadata"]["annotations"]["kubernetes.io/service-account.name"]
         monitor = one(objects, kind)
         assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
         (endpoint,) = monitor["spec"][endpoints]
@@ -233,7 +236,7 @@ def test_the_monitors_scrape_with_the_scraper_token_and_the_release_label() -> N
 
 
 def test_the_service_monitor_selects_the_services_labels() -> None:
-    objects = rendered(EVERYTHING)
+    objects = rendered(EVERYTHING_BY_SERVICE)
     service = one(objects, "Service")
     selector = one(objects, "ServiceMonitor")["spec"]["selector"]["matchLabels"]
     assert selector.items() <= service["metadata"]["labels"].items()
@@ -255,6 +258,30 @@ def test_an_existing_account_and_no_rbac() -> None:
     objects = rendered(BYO)
     assert {obj["kind"] for obj in objects} <= {"DaemonSet", "Service", "ConfigMap"}
     assert one(objects, "DaemonSet")["spec"]["template"]["spec"]["serviceAccountName"] == "node-agents"
+
+
+def test_both_monitors_at_once_are_refused() -> None:
+    # Every agent would be scraped twice: the rules' joins on instance would meet two copies of each series.
+    result = helm(
+        "template", "khan", str(CHART), "--set", "podMonitor.enabled=true", "--set", "serviceMonitor.enabled=true"
+    )
+    assert result.returncode != 0
+    assert "enable one" in result.stderr
+
+
+def test_a_monitor_without_the_charts_rbac_binds_no_role_the_chart_did_not_make() -> None:
+    objects = rendered({**BYO, "podMonitor.enabled": "true"})
+    assert not [obj for obj in objects if obj["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    assert (
+        one(objects, "PodMonitor")["spec"]["podMetricsEndpoints"][0]["authorization"]["credentials"]["key"] == "token"
+    )
+
+
+def test_without_auth_the_agent_may_not_review_tokens() -> None:
+    (role,) = [obj for obj in rendered(OPEN) if obj["kind"] == "ClusterRole" and obj["metadata"]["name"] == "khan"]
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["pods", "services", "nodes"], "verbs": ["get", "list", "watch"]}
+    ]
 
 
 def test_another_release_and_namespace_name_every_object_after_them() -> None:
