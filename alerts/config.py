@@ -57,11 +57,12 @@ DURATIONS: dict[str, str] = {
     "connectionLimitNear": "KhanConnectionLimitNear",
 }
 # What each value may look like: they land inside PromQL and YAML, so nothing that could break out of either.
-# A duration is one number and one unit, the form tests/e2e's scaled copy of the rules divides.
+# A duration as Prometheus writes one: 90s, 5m, 1h30m, 1d. (The defaults keep to one number and one unit, the form
+# tests/e2e's scaled copy of the rules divides: test_scaling_divides_every_duration checks it.)
 JOB_PATTERN = r'^[^"\\\n]+$'
 LABEL_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
 URL_PATTERN = r'^https?://[^\s"\\#]+$'
-DURATION_PATTERN = r"^[0-9]+[smh]$"
+DURATION_PATTERN = r"^([0-9]+(ms|s|m|h|d|w|y))+$"
 
 
 @dataclass(frozen=True)
