@@ -367,7 +367,7 @@ def conntrack_table(on: Inputs) -> Any:
                 "The sources holding the largest shares of their node's table now (value: share of the limit)."),
             top("What they connect to: share of the node's table by destination", f"topk(20, {destinations})",
                 "The destinations (and ports) of the chosen nodes' entries, over the table's limit."),
-            graph("Entries by transport and state", f"sum by (node, transport, state) ({entries})",
+            graph("Entries by transport and state", f"sum {on.by('node, transport, state')} ({entries})",
                   "{{node}} {{transport}} {{state}}",
                   description="UDP UNREPLIED and TCP TIME_WAIT or SYN_SENT piles are entries no traffic needs."),
             graph("DNS queries left unreplied, by client (top 10)",
