@@ -87,6 +87,7 @@ bench: deps apiserver
 	$(BIN)/python benchmarks/tracker_hot_loops.py
 	$(BIN)/python benchmarks/snapshot_vs_conntrack.py
 	$(BIN)/python benchmarks/inventory_scale.py
+	$(BIN)/python benchmarks/agent_memory.py --api
 	$(BIN)/python benchmarks/churn.py
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/peer_churn_memory.py

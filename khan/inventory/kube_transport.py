@@ -1,6 +1,7 @@
-"""The wire to the Kubernetes API: the only module that imports kubernetes_asyncio (about 70 MB and 2 s) or uses
-aiohttp's client. kubernetes_asyncio gives the configuration, authentication (token refresh included) and the HTTP
-session; lists and events are read as raw bytes so that no generated model object is ever built.
+"""The wire to the Kubernetes API: the only module that imports kubernetes_asyncio or uses aiohttp's client.
+kubernetes_asyncio gives the configuration, authentication (token refresh included) and the HTTP session; lists and
+events are read as raw bytes so that no generated model object is ever built, and its generated API classes and
+models are never even imported (see `_library`): they are 36 MB of the agent's RSS.
 
 Every request ends in a typed outcome: a list page's bytes, a watch stream's lines and then `StreamEnd.CLOSED` or
 `StreamEnd.SILENT`, a review's status and body, or one error: `TransportError` ("connection" or "timeout") when
@@ -10,18 +11,22 @@ no HTTP answer came or the stream broke, `ApiStatusError` when the server refuse
 from __future__ import annotations
 
 import contextlib
+import importlib
+import importlib.util
 import socket
+import sys
+import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp.http_exceptions import HttpProcessingError
-from kubernetes_asyncio import client as k8s
-from kubernetes_asyncio import config as k8s_config
-from kubernetes_asyncio.config.config_exception import ConfigException
 
 from khan.inventory.api_config import ApiConfig, ApiConfigError
 from khan.inventory.watch_protocol import StreamEnd, TransportError, status_error
+
+if TYPE_CHECKING:  # at run time, through _library() only
+    from kubernetes_asyncio.client.api_client import ApiClient
 
 PAGE_TIMEOUT = aiohttp.ClientTimeout(total=60, connect=10)
 # Most bytes one watch event may take: etcd stores objects of up to 1.5 MiB; JSON can double that.
@@ -45,9 +50,64 @@ def failure(what: str, exc: BaseException) -> TransportError:
     return TransportError(code, f"{what}: {str(exc) or type(exc).__name__}")
 
 
+# kubernetes_asyncio's package __init__ files import every generated API class and model (about 1,100 modules,
+# 36 MB of RSS); khan needs only the ApiClient, its Configuration and the config loaders. So the three packages are
+# registered without running their __init__ and those modules are imported one by one, in this order: each one's
+# `from package import Name` must find the name already set. Should anything else in the process ask one of these
+# packages for a name it lacks, the package's real __init__ runs then and answers.
+_LEAN_PACKAGES = ("kubernetes_asyncio", "kubernetes_asyncio.client", "kubernetes_asyncio.client.models")
+_CLIENT_MODULES = ("exceptions", "configuration", "rest", "api_client")
+# The paths and Accept header the generated CoreV1Api, AuthenticationV1Api and AuthorizationV1Api use.
+_PATHS = {
+    "pods": "/api/v1/pods",
+    "services": "/api/v1/services",
+    "nodes": "/api/v1/nodes",
+    "TokenReview": "/apis/authentication.k8s.io/v1/tokenreviews",
+    "SubjectAccessReview": "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+}
+_ACCEPT = {"Accept": "application/json"}
+
+
+def _library() -> types.ModuleType:
+    """kubernetes_asyncio.config, with the client modules it needs and none of the generated ones."""
+    if "kubernetes_asyncio" not in sys.modules:
+        for name in _LEAN_PACKAGES:
+            _register_unexecuted(name)
+        client: Any = sys.modules["kubernetes_asyncio.client"]
+        for name in _CLIENT_MODULES:
+            importlib.import_module(f"kubernetes_asyncio.client.{name}")
+        client.Configuration = client.configuration.Configuration
+        client.ApiClient = client.api_client.ApiClient
+    return importlib.import_module("kubernetes_asyncio.config")
+
+
+def _register_unexecuted(name: str) -> None:
+    """Registers package `name` (its submodules importable) without running its __init__ until a name is missing."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.loader is None:
+        raise ImportError(name)
+    loader = spec.loader
+    module = importlib.util.module_from_spec(spec)
+
+    def load_all(attribute: str) -> Any:
+        if attribute.startswith("__"):  # probes such as __file__ or __wrapped__ load nothing
+            raise AttributeError(attribute)
+        del module.__getattr__
+        loader.exec_module(module)
+        return getattr(module, attribute)
+
+    module.__getattr__ = load_all  # type: ignore[method-assign]
+    sys.modules[name] = module
+    parent, _, child = name.rpartition(".")
+    if parent:
+        setattr(sys.modules[parent], child, module)
+
+
 async def connect(config: ApiConfig) -> KubeTransport:
     """A transport for `config`; ApiConfigError (one clear line) if the configuration cannot be used."""
-    configuration = k8s.Configuration()
+    k8s_config = _library()
+    client: Any = sys.modules["kubernetes_asyncio.client"]
+    configuration = client.Configuration()
     loader: Any = None
     try:
         if config.kubeconfig is None:
@@ -57,8 +117,8 @@ async def connect(config: ApiConfig) -> KubeTransport:
             loader = await k8s_config.load_kube_config(
                 config_file=config.kubeconfig, client_configuration=configuration, persist_config=False
             )
-        return KubeTransport(k8s.ApiClient(configuration), loader)  # builds the TLS context: a bad CA fails here
-    except (ConfigException, OSError, ValueError, KeyError, TypeError) as exc:
+        return KubeTransport(client.ApiClient(configuration), loader)  # builds the TLS context: a bad CA fails here
+    except (k8s_config.ConfigException, OSError, ValueError, KeyError, TypeError) as exc:
         where = "the in-cluster service account" if config.in_cluster else f"{config.origin} {config.kubeconfig}"
         raise ApiConfigError(f"cannot use {where}: {exc}") from exc
 
@@ -87,19 +147,9 @@ class WatchStream:
 class KubeTransport:
     """One API client: list pages and watch streams of pods, services and nodes, and reviews."""
 
-    def __init__(self, api_client: k8s.ApiClient, loader: Any = None) -> None:
+    def __init__(self, api_client: ApiClient, loader: Any = None) -> None:
         self._client = api_client
         self._loader = loader  # a kubeconfig's loader, for its token refresh; None in-cluster
-        core = k8s.CoreV1Api(api_client)
-        self._lists: dict[str, Request] = {
-            "pods": core.list_pod_for_all_namespaces,
-            "services": core.list_service_for_all_namespaces,
-            "nodes": core.list_node,
-        }
-        self._reviews: dict[str, Request] = {
-            "TokenReview": k8s.AuthenticationV1Api(api_client).create_token_review,
-            "SubjectAccessReview": k8s.AuthorizationV1Api(api_client).create_subject_access_review,
-        }
 
     @property
     def host(self) -> str:
@@ -112,13 +162,11 @@ class KubeTransport:
 
     async def refresh_credentials(self) -> None:
         """Renew the token before it expires; returns when there is nothing (more) to refresh, raises on failure."""
-        await k8s_config.refresh_token(self._loader, self._client.configuration)
+        await _library().refresh_token(self._loader, self._client.configuration)
 
     async def list_page(self, resource: str, limit: int, continue_token: str) -> bytes:
-        params: dict[str, Any] = {"limit": limit}
-        if continue_token:
-            params["_continue"] = continue_token
-        response = await self._open("list", resource, PAGE_TIMEOUT, **params)
+        params: list[tuple[str, Any]] = [("continue", continue_token)] if continue_token else []
+        response = await self._open("list", resource, PAGE_TIMEOUT, [*params, ("limit", limit)])
         try:
             return bytes(await response.read())
         except _REQUEST_FAILURES as exc:
@@ -134,15 +182,13 @@ class KubeTransport:
         `inactivity_seconds` ends as StreamEnd.SILENT."""
         # sock_read bounds the wait for the headers too; the stream as a whole has no limit but the server's.
         timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10, sock_read=inactivity_seconds)
-        response = await self._open(
-            "watch",
-            resource,
-            timeout,
-            watch=True,
-            resource_version=resource_version,
-            allow_watch_bookmarks=True,
-            timeout_seconds=timeout_seconds,
-        )
+        params = [
+            ("allowWatchBookmarks", True),
+            ("resourceVersion", resource_version),
+            ("timeoutSeconds", timeout_seconds),
+            ("watch", True),
+        ]
+        response = await self._open("watch", resource, timeout, params)
         _keep_alive(response)
         try:
             yield WatchStream(response)
@@ -152,9 +198,7 @@ class KubeTransport:
     async def create_review(self, kind: str, body: Mapping[str, Any], timeout: float) -> tuple[int, bytes]:
         """The HTTP status and body of the answer to creating a TokenReview or SubjectAccessReview."""
         try:
-            response: aiohttp.ClientResponse = await self._reviews[kind](
-                body, _preload_content=False, _request_timeout=aiohttp.ClientTimeout(total=timeout)
-            )
+            response = await self._call("POST", kind, [], aiohttp.ClientTimeout(total=timeout), body)
             try:
                 return response.status, bytes(await response.read())
             finally:
@@ -165,14 +209,28 @@ class KubeTransport:
     async def close(self) -> None:
         await self._client.close()
 
+    async def _call(
+        self, method: str, what: str, params: list[tuple[str, Any]], timeout: aiohttp.ClientTimeout, body: Any = None
+    ) -> aiohttp.ClientResponse:
+        """The unread response to one request, authenticated as the generated API classes do."""
+        response: aiohttp.ClientResponse = await self._client.call_api(
+            _PATHS[what],
+            method,
+            query_params=params,
+            header_params=dict(_ACCEPT),
+            body=body,
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _request_timeout=timeout,
+        )
+        return response
+
     async def _open(
-        self, verb: str, resource: str, timeout: aiohttp.ClientTimeout, **params: Any
+        self, verb: str, resource: str, timeout: aiohttp.ClientTimeout, params: list[tuple[str, Any]]
     ) -> aiohttp.ClientResponse:
         """The response to a list or watch request, once its status says success."""
         try:
-            response: aiohttp.ClientResponse = await self._lists[resource](
-                _preload_content=False, _request_timeout=timeout, **params
-            )
+            response = await self._call("GET", resource, params, timeout)
         except _REQUEST_FAILURES as exc:
             raise failure(f"{verb} {resource}", exc) from exc
         if response.status == 200:

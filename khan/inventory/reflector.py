@@ -182,6 +182,7 @@ class Reflector:
                     listed.projections[projection.key] = projection
             listed.resource_version = page.resource_version
             continue_token = page.continue_token
+            del page  # this page's parsed objects go before the next one arrives, not after
             if not continue_token:
                 return listed
 
