@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from khan.conntrack.decode import Flow, Template, decode_chunk
+from khan.conntrack.runs import RunCounter
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_CTNETLINK = 1
@@ -88,14 +89,18 @@ def dump_request(sequence: int) -> bytes:
     return request(IPCTNL_MSG_CT_GET, NLM_F_DUMP, sequence)
 
 
-def dump_flows(stats: DumpStats) -> Iterator[list[Flow]]:
+def dump_flows(stats: DumpStats, runs: RunCounter | None = None) -> Iterator[list[Flow]]:
     """Dump the current namespace's table; yields the entries of each received buffer as one batch.
+
+    With `runs`, entries in runs of one shape are counted there by key instead (see runs.py): the caller adds
+    them to its counts once the dump has ended.
 
     An interrupted dump (NLM_F_DUMP_INTR, or ENOBUFS: entries were lost) sets `stats.interrupted` for the
     caller to retry. Raises ConntrackError when the kernel answers with an error.
     """
     buf = bytearray(RECEIVE_BUFFER_BYTES)
     templates: dict[int, list[Template]] = {}
+    take_run = runs.take if runs is not None else None
     with open_socket() as sock:
         sock.sendall(dump_request(next(_sequence)))
         while True:
@@ -111,8 +116,8 @@ def dump_flows(stats: DumpStats) -> Iterator[list[Flow]]:
             # A batch larger than the buffer was cut short: decode_chunk counts its cut message as malformed.
             length = min(length, len(buf))
             flows: list[Flow] = []
-            result = decode_chunk(buf, length, flows, templates)
-            stats.entries += len(flows)
+            result = decode_chunk(buf, length, flows, templates, take_run=take_run)
+            stats.entries += len(flows) + result.counted
             stats.malformed += result.malformed
             stats.other_messages += result.other
             stats.interrupted = stats.interrupted or result.interrupted
