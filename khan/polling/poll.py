@@ -90,9 +90,9 @@ def _dump_consistent(
 
 def _dump(stats: DumpStats, counting: Counting | None, catch_up_events: Callable[[], None] | None) -> dict[RawKey, int]:
     counts: dict[RawKey, int] = {}
-    if counting is None:  # no tracker needs each entry: runs of one shape are counted by key in C (runs.py)
+    if counting is None:  # no tracker needs each entry or events' order: see dump_flows' runs and prefetch
         runs = RunCounter(RAW_FLOW_FIELDS)
-        count_flows(dump_flows(stats, runs), counts)
+        count_flows(dump_flows(stats, runs, prefetch=True), counts)
         return runs.add_to(counts)
     tracker = counting.tracker
     catch_up = catch_up_events or _nothing
