@@ -121,6 +121,7 @@ class ChunkResult(NamedTuple):
     done: bool  # NLMSG_DONE seen: the dump is complete
     interrupted: bool  # NLM_F_DUMP_INTR seen: the table changed under the dump, retry it
     error: int  # errno from an NLMSG_ERROR, 0 if none
+    counted: int = 0  # entries counted by `take_run` (runs of one shape), not appended as flows
 
 
 class MalformedEntry(MalformedAttribute):
@@ -225,6 +226,14 @@ def decode_entry(buf: bytes | bytearray, start: int, end: int) -> Flow:
     return Flow(family, *orig, *reply[1:], status, tcp_state, ct_id, zone, mark, *orig_counters, *reply_counters)
 
 
+class TemplateLayout(NamedTuple):
+    """Where a template reads: what a reader of many messages at once (runs.py) needs to read them its own way."""
+
+    format: str  # the struct format of the body, as `unpack` reads it
+    checked: tuple[int, ...]  # indexes of the fields that must match
+    flow_index: tuple[int, ...]  # for each Flow field, its index in (values + defaults)
+
+
 class Template(NamedTuple):
     """A message shape seen before, compiled into one unpack: every header is checked, every wanted value read."""
 
@@ -233,6 +242,7 @@ class Template(NamedTuple):
     expected: tuple[Any, ...]
     flow_fields: itemgetter[tuple[object, ...]]  # (values + defaults) -> Flow's fields, in order
     defaults: tuple[object, ...]
+    layout: TemplateLayout
 
 
 MAX_TEMPLATES = 64  # distinct entry shapes remembered; a kernel emits a handful (family x protocol x accounting)
@@ -369,8 +379,16 @@ def _build_template(layout: EntryLayout, buf: bytes | bytearray, flow: Flow) -> 
     unpack = struct.Struct(fmt).unpack_from
     values = unpack(buf, layout.body)
     defaults = tuple(_FLOW_DEFAULTS._replace(family=flow.family))
-    fields = itemgetter(*(roles.get(name, len(values) + i) for i, name in enumerate(Flow._fields)))
-    template = Template(unpack, itemgetter(*checked), tuple(values[i] for i in checked), fields, defaults)
+    flow_index = tuple(roles.get(name, len(values) + i) for i, name in enumerate(Flow._fields))
+    fields = itemgetter(*flow_index)
+    template = Template(
+        unpack,
+        itemgetter(*checked),
+        tuple(values[i] for i in checked),
+        fields,
+        defaults,
+        TemplateLayout(fmt, tuple(checked), flow_index),
+    )
     # The template must reproduce the generic decoder's answer exactly, or it is not used.
     if tuple.__new__(Flow, fields(values + defaults)) != flow:
         return None
@@ -418,12 +436,18 @@ def _runs(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return runs
 
 
+# (buffer, position of a message its template matched, end of the buffer's data, template) -> how many messages
+# from there, of that one shape, the callee counted itself (0: none, decode the message as usual).
+TakeRun = Callable[[bytes | bytearray, int, int, Template], int]
+
+
 def decode_chunk(
     buf: bytes | bytearray,
     length: int,
     flows: list[Flow],
     templates: dict[int, list[Template]] | None = None,
     destroyed: list[Flow] | None = None,
+    take_run: TakeRun | None = None,
 ) -> ChunkResult:
     """Every netlink message in buf[:length]: entries are appended to `flows`, the rest is summarised.
 
@@ -431,10 +455,12 @@ def decode_chunk(
     whose shape is known costs one unpack. A message whose header lies ends what can be trusted in this buffer:
     the rest counts as one malformed entry. A message whose attributes are broken is skipped and counted.
     With `destroyed` (an event socket), DESTROY messages are decoded into it; otherwise they count as `other`.
+    With `take_run` (a dump counted by key, runs.py), a run of entries of one known shape that starts at an entry
+    its template matched is handed to it whole: those entries are counted there, not appended.
     """
     if templates is None:
         templates = {}
-    malformed = other = error = 0
+    malformed = other = error = counted = 0
     done = interrupted = False
     keep_entry = flows.append
     events = destroyed is not None
@@ -443,7 +469,7 @@ def decode_chunk(
     shapes = templates.get
     new = tuple.__new__
     header_len, entry_type, intr_flag = NLMSG_HDRLEN, CT_ENTRY_TYPE, NLM_F_DUMP_INTR  # locals: this loop is hot
-    pos = 0
+    pos = taken = 0
     while pos + header_len <= length:
         mlen, mtype, mflags = unpack_hdr(buf, pos)
         if mlen < header_len or pos + mlen > length:
@@ -453,14 +479,24 @@ def decode_chunk(
             interrupted = True
         if mtype == entry_type or (mtype == CT_DELETE_TYPE and events):
             append = keep_entry if mtype == entry_type else keep_destroyed
-            for unpack, checked, expected, flow_fields, defaults in shapes(mlen, ()):
+            for template in shapes(mlen, ()):
+                unpack, checked, expected, flow_fields, defaults, _ = template
                 values = unpack(buf, pos + header_len)
                 if checked(values) == expected:
+                    if take_run is not None and mtype == entry_type:
+                        taken = take_run(buf, pos, length, template)
+                        if taken:
+                            counted += taken
+                            pos += taken * ((mlen + 3) & ~3)
+                            break
                     append(new(Flow, flow_fields(values + defaults)))
                     break
             else:
                 if not _decode_new_shape(buf, pos + header_len, pos + mlen, append, templates):
                     malformed += 1
+            if taken:
+                taken = 0
+                continue
         elif mtype in (NLMSG_DONE, NLMSG_ERROR):
             done = True
             error = _errno(buf, pos, mlen) if mtype == NLMSG_ERROR else 0
@@ -468,7 +504,7 @@ def decode_chunk(
         elif mtype not in (NLMSG_NOOP, NLMSG_OVERRUN):
             other += 1
         pos += (mlen + 3) & ~3
-    return ChunkResult(malformed, other, done, interrupted, error)
+    return ChunkResult(malformed, other, done, interrupted, error, counted)
 
 
 def _decode_new_shape(

@@ -14,9 +14,10 @@ import structlog
 from khan.attribution.connections import attribute_connections, count_flows
 from khan.attribution.labels import DEFAULT_POLICY, Attributor, LabelPolicy
 from khan.attribution.limits import bounded, declared_limits
-from khan.attribution.raw_keys import RawKey
+from khan.attribution.raw_keys import RAW_FLOW_FIELDS, RawKey
 from khan.conntrack.namespace import entered
 from khan.conntrack.netlink import DumpStats, dump_flows
+from khan.conntrack.runs import RunCounter
 from khan.conntrack.table import TableStats, read_table_stats
 from khan.counting.counters import CONNECTION_FOLDING, Counting
 from khan.counting.folding import fold_gauge
@@ -89,8 +90,10 @@ def _dump_consistent(
 
 def _dump(stats: DumpStats, counting: Counting | None, catch_up_events: Callable[[], None] | None) -> dict[RawKey, int]:
     counts: dict[RawKey, int] = {}
-    if counting is None:
-        return count_flows(dump_flows(stats), counts)
+    if counting is None:  # no tracker needs each entry or events' order: see dump_flows' runs and prefetch
+        runs = RunCounter(RAW_FLOW_FIELDS)
+        count_flows(dump_flows(stats, runs, prefetch=True), counts)
+        return runs.add_to(counts)
     tracker = counting.tracker
     catch_up = catch_up_events or _nothing
     now = int(time.time())

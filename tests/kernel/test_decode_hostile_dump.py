@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from khan.conntrack import netlink
-from khan.conntrack.decode import CT_ENTRY_TYPE, NLMSG_DONE, ChunkResult, Flow, Template, decode_chunk
+from khan.conntrack.decode import CT_ENTRY_TYPE, NLMSG_DONE, ChunkResult, Flow, TakeRun, Template, decode_chunk
 from khan.conntrack.namespace import entered
 from khan.conntrack.netlink import ConntrackError, DumpStats, dump_flows
 from khan.demo.namespaces import private_prefix
@@ -33,12 +33,13 @@ def done_hidden(
     flows: list[Flow],
     templates: dict[int, list[Template]] | None = None,
     destroyed: list[Flow] | None = None,
+    take_run: TakeRun | None = None,
 ) -> ChunkResult:
     """decode_chunk, after the NLMSG_DONE's length is made to claim more than the buffer holds."""
     for pos in message_offsets(bytes(buf[:length])):
         if struct.unpack_from("=H", buf, pos + 4)[0] == NLMSG_DONE:
             struct.pack_into("=I", buf, pos, 0xFFFF)
-    return decode_chunk(buf, length, flows, templates, destroyed)
+    return decode_chunk(buf, length, flows, templates, destroyed, take_run)
 
 
 class OneEntryBroken:
@@ -54,11 +55,12 @@ class OneEntryBroken:
         flows: list[Flow],
         templates: dict[int, list[Template]] | None = None,
         destroyed: list[Flow] | None = None,
+        take_run: TakeRun | None = None,
     ) -> ChunkResult:
         if not self.broken and length >= 24 and struct.unpack_from("=H", buf, 4)[0] == CT_ENTRY_TYPE:
             struct.pack_into("=H", buf, 20, 0)
             self.broken = True
-        return decode_chunk(buf, length, flows, templates, destroyed)
+        return decode_chunk(buf, length, flows, templates, destroyed, take_run)
 
 
 def test_the_snapshot_counts_a_broken_entry_as_malformed_and_every_other_one(
