@@ -35,8 +35,9 @@ from khan.counting.deltas import Deltas
 from khan.counting.heaviest import HEAVIEST_KEPT, HeaviestFlows, HeavyFlow
 
 # A live entry, packed in one int: the counters at the last look (original and reply direction bytes, 64 bits each
-# as the kernel keeps them) and above them the unix second khan first saw it. One int of 48 bytes, where a tuple of
-# three took 64 and its counters 32 more each (above 256): ~80 bytes less an entry, a fifth of a full table's state.
+# as the kernel keeps them) and above them the unix second khan first saw it. One int of ~48 bytes, where a tuple of
+# three took 64 and 32 more for each counter above 256; an idle entry's check costs the same (full table, side by
+# side: 1.10 s a steady poll either way).
 Record = int
 RECEIVED_SHIFT = 64
 FIRST_SEEN_SHIFT = 128
