@@ -41,7 +41,8 @@ class HeaviestFlows:
     def finish(self, first_seen: Callable[[Flow], int]) -> None:
         """The dump ended (complete or not): its heaviest become the current ones."""
         self.trim()
-        self.current = [HeavyFlow(flow, total, first_seen(flow)) for total, flow in self.candidates]
+        new = tuple.__new__  # a NamedTuple's own constructor is a Python call: 3 times as slow, 10,000 times a dump
+        self.current = [new(HeavyFlow, (flow, total, first_seen(flow))) for total, flow in self.candidates]
         self.candidates = []
 
     def trim(self) -> int:

@@ -34,11 +34,25 @@ from khan.conntrack.events import Event
 from khan.counting.deltas import Deltas
 from khan.counting.heaviest import HEAVIEST_KEPT, HeaviestFlows, HeavyFlow
 
-# A live entry: the counters at the last look (original and reply direction bytes), and the unix second khan first
-# saw it. A plain tuple, unpacked whole or read through these indexes: one is made per new or changed entry in the
-# dump loop, where a NamedTuple costs 6 times as much to make (143 ns, not 23) and 4 times as much to unpack.
-Record = tuple[int, int, int]
-SENT, RECEIVED, FIRST_SEEN = range(3)
+# A live entry, packed in one int: the counters at the last look (original and reply direction bytes, 64 bits each
+# as the kernel keeps them) and above them the unix second khan first saw it. One int of ~48 bytes, where a tuple of
+# three took 64 and 32 more for each counter above 256; an idle entry's check costs the same (full table, side by
+# side: 1.10 s a steady poll either way).
+Record = int
+RECEIVED_SHIFT = 64
+FIRST_SEEN_SHIFT = 128
+COUNTER = (1 << RECEIVED_SHIFT) - 1
+COUNTERS = (1 << FIRST_SEEN_SHIFT) - 1  # a record's counters, as `sent | received << RECEIVED_SHIFT`
+
+
+def record(sent: int, received: int, first_seen: int) -> Record:
+    return sent | received << RECEIVED_SHIFT | first_seen << FIRST_SEEN_SHIFT
+
+
+def first_seen_of(seen: Record) -> int:
+    return seen >> FIRST_SEEN_SHIFT
+
+
 # A DESTROY goes out a moment before its entry leaves the table, so a dump that begins just after one may still
 # copy the entry: the identities of the last DESTROYs before a dump are stale there too. A few hundred cover
 # far more than that moment, even at tens of thousands of events a second.
@@ -64,7 +78,8 @@ class TrackerTotals:
 
 
 _DUMP_FIELDS = attrgetter("id", "sport", "dport", "orig_bytes", "reply_bytes")  # one C call per entry
-_UNKNOWN: Record = (0, 0, 0)  # a heavy flow's record when the dump kept none (it was destroyed meanwhile)
+_IDENTITY_FIELDS = attrgetter("id", "sport", "dport")
+_UNKNOWN: Record = 0  # a heavy flow's record when the dump kept none (it was destroyed meanwhile)
 
 
 def identity(flow: Flow) -> int:
@@ -173,6 +188,8 @@ class ConnectionTracker:
             heaviest = self._heaviest
             candidates, floor, crowded = heaviest.candidates, heaviest.floor, heaviest.crowded
             fields = _DUMP_FIELDS
+            stamp = now << FIRST_SEEN_SHIFT  # a new record's first second
+            counter, both = COUNTER, COUNTERS  # the hot loop shifts by a literal 64: RECEIVED_SHIFT
             if not counting:
                 self._baseline_second = now
             for flow in batch:
@@ -186,10 +203,11 @@ class ConnectionTracker:
                     self._stale_copy(ident)
                     continue
                 seen = live_pop(ident, None)
+                counters = sent | received << 64
                 if seen is None:
                     if ident in dumping:  # read twice
                         continue
-                    dumping[ident] = (sent, received, now)
+                    dumping[ident] = counters | stamp
                     if counting:
                         count_opened(flow, sent, received)
                         if len(found) < FOUND_KEPT:
@@ -198,13 +216,14 @@ class ConnectionTracker:
                             self.totals.recovered += 1
                             self._recovered_by_dump.add(ident)
                     continue
-                sent_before, received_before, first_seen = seen
-                if sent == sent_before and received == received_before:  # most entries: idle since the last look
+                if seen & both == counters:  # most entries: idle since the last look
                     dumping[ident] = seen
-                elif sent < sent_before or received < received_before:
+                    continue
+                sent_before, received_before = seen & counter, seen >> 64 & counter
+                if sent < sent_before or received < received_before:
                     self._reused_unseen(flow, ident, seen, now)
                 else:
-                    dumping[ident] = (sent, received, first_seen)
+                    dumping[ident] = seen >> FIRST_SEEN_SHIFT << FIRST_SEEN_SHIFT | counters
                     pair = pair_key(flow)
                     if sent != sent_before:
                         sent_deltas[pair] = sent_deltas.get(pair, 0) + sent - sent_before
@@ -224,9 +243,9 @@ class ConnectionTracker:
         assert self._dumping is not None
         self.totals.reused += 1
         self.totals.vanished += 1
-        if seen[FIRST_SEEN] > self._baseline_second:
+        if first_seen_of(seen) > self._baseline_second:
             self._silently_gone += 1
-        self._dumping[ident] = (flow.orig_bytes, flow.reply_bytes, now)
+        self._dumping[ident] = record(flow.orig_bytes, flow.reply_bytes, now)
         self._deltas.count_opened(flow, flow.orig_bytes, flow.reply_bytes)
         if len(self._found_by_dump) < FOUND_KEPT:
             self._found_by_dump.add(ident)
@@ -240,15 +259,17 @@ class ConnectionTracker:
                 return
             live = self._live
             for ident in self._added_during:  # opened (by an event) after the dump passed their place
-                record = live.pop(ident, None)
-                if record is not None:
-                    dumping.setdefault(ident, record)
+                held = live.pop(ident, None)
+                if held is not None:
+                    dumping.setdefault(ident, held)
             if complete:
                 gone = self._vanished  # not in the last complete dump, and no DESTROY came for them since
                 self.totals.vanished += len(gone)
-                baseline = self._baseline_second
-                self._silently_gone += sum(1 for record in gone.values() if record[FIRST_SEEN] > baseline)
-                self._vanished = live
+                # First seen after the baseline second: a record above the baseline second's highest (one C call each).
+                self._silently_gone += sum(map(record(COUNTER, COUNTER, self._baseline_second).__lt__, gone.values()))
+                # A copy: `live` had every record the dump found popped, but a dict keeps its table at the size it
+                # had (40 bytes an entry of a full table, held for nothing until the next dump).
+                self._vanished = dict(live)
                 if self._lossy:
                     if not self._loss_during_dump:
                         self._lossy = False
@@ -264,7 +285,8 @@ class ConnectionTracker:
             self._changed_during = set()
             # Only a complete dump is a baseline: a retry would count as new what the interrupted one missed.
             self._baseline_done = self._baseline_done or complete
-            self._heaviest.finish(lambda flow: dumping.get(identity(flow), _UNKNOWN)[FIRST_SEEN])
+            kept = dumping.get
+            self._heaviest.finish(lambda flow: kept(identity(flow), _UNKNOWN) >> FIRST_SEEN_SHIFT)
 
     def _keep_unread(self, live: dict[int, Record], dumping: dict[int, Record]) -> None:
         """After an interrupted dump: the records it did not read stay, as far as the table could hold them. Some
@@ -293,16 +315,52 @@ class ConnectionTracker:
 
     def observe_events(self, events: Iterable[Event], now: int) -> None:
         """In arrival order: NEW events count openings (they carry no counters); DESTROY events settle an
-        entry's last bytes."""
+        entry's last bytes. This runs once per event (two per connection under churn): the common cases, a NEW of
+        an identity not held and a DESTROY of one held, stay in this loop; the rest go to `_on_new`."""
         with self.lock:
+            live, vanished = self._live, self._vanished
+            during = self._dumping is not None  # a dump is under way: its records so far, and what events changed
+            dumping = self._dumping if self._dumping is not None else {}
+            added, changed = self._added_during, self._changed_during
+            deltas = self._deltas
+            count_opened, add_bytes = deltas.count_opened, deltas.add_bytes
+            stamp = now << FIRST_SEEN_SHIFT
+            ident_fields = _IDENTITY_FIELDS
             for opened, flow in events:
+                ct_id, sport, dport = ident_fields(flow)
+                ident = ct_id | sport << 32 | dport << 48
                 if opened:
-                    self._on_new(flow, now)
+                    if ident in live or ident in dumping:
+                        self._on_new(flow, ident, now)
+                        continue
+                    live[ident] = stamp
+                    if during:
+                        added.add(ident)
+                        changed.add(ident)  # a batch copied before the NEW may hold an older entry's counters
+                    count_opened(flow, 0, 0)
+                    continue
+                seen = live.pop(ident, None)
+                if seen is None:  # records are ints, 0 among them: `is None`, never `or`
+                    seen = vanished.pop(ident, None)
+                if during:
+                    changed.add(ident)
+                    copied = dumping.pop(ident, None)
+                    if copied is not None:
+                        seen = copied
                 else:
-                    self._on_destroy(flow)
+                    self._recent_gone.append(ident)
+                sent, received = flow.orig_bytes, flow.reply_bytes
+                if seen is None:
+                    if self._lossy and self._baseline_done:  # its NEW event was among the lost ones
+                        self.totals.recovered += 1
+                        count_opened(flow, sent, received)
+                    continue
+                sent_before, received_before = seen & COUNTER, seen >> RECEIVED_SHIFT & COUNTER
+                if sent >= sent_before and received >= received_before:  # lower: accounting off, or counters never had
+                    add_bytes(pair_key(flow), sent - sent_before, received - received_before)
 
-    def _on_new(self, flow: Flow, now: int) -> None:
-        ident = identity(flow)
+    def _on_new(self, flow: Flow, ident: int, now: int) -> None:
+        """A NEW of an identity held already (in the records, or in the dump under way)."""
         dumping = self._dumping
         holder = self._live if ident in self._live else dumping if dumping is not None and ident in dumping else None
         if holder is not None:
@@ -316,28 +374,10 @@ class ConnectionTracker:
             # or its DESTROY was lost): its last bytes are unknown, and this is a new one.
             held = holder.pop(ident)
             self.totals.vanished += 1
-            if held[FIRST_SEEN] > self._baseline_second:
+            if first_seen_of(held) > self._baseline_second:
                 self._silently_gone += 1
-        self._live[ident] = (0, 0, now)
+        self._live[ident] = record(0, 0, now)
         if dumping is not None:
             self._added_during.add(ident)
             self._changed_during.add(ident)  # a batch copied before the NEW may hold an older entry's counters
         self._deltas.count_opened(flow, 0, 0)
-
-    def _on_destroy(self, flow: Flow) -> None:
-        ident = identity(flow)
-        seen = self._live.pop(ident, None) or self._vanished.pop(ident, None)
-        if self._dumping is not None:
-            self._changed_during.add(ident)
-            seen = self._dumping.pop(ident, None) or seen
-        else:
-            self._recent_gone.append(ident)
-        sent, received = flow.orig_bytes, flow.reply_bytes
-        if seen is None:
-            if self._lossy and self._baseline_done:  # its NEW event was among the lost ones
-                self.totals.recovered += 1
-                self._deltas.count_opened(flow, sent, received)
-            return
-        sent_before, received_before, _ = seen
-        if sent >= sent_before and received >= received_before:  # lower: accounting off, or counters never had
-            self._deltas.add_bytes(pair_key(flow), sent - sent_before, received - received_before)
