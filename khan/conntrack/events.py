@@ -284,7 +284,7 @@ class EventReader:
                 # One whole message, no room for another after it, a NEW or a DESTROY.
                 if header_len <= mlen <= length < ((mlen + 3) & ~3) + header_len and mtype in kinds:
                     flow = None
-                    for unpack, checked, expected, flow_fields, defaults in shapes(mlen, ()):
+                    for unpack, checked, expected, flow_fields, defaults, _layout in shapes(mlen, ()):
                         values = unpack(buf, header_len)
                         if checked(values) == expected:
                             flow = new(Flow, flow_fields(values + defaults))
