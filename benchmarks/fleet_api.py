@@ -36,7 +36,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support
 
-from benchmarks.inventory_scale import node_object, pod_objects, service_object
+from benchmarks.inventory_scale import node_object, pod_objects, send_object, service_object
 from khan.conntrack.namespace import entered
 from tests.support.kube_cluster import ADMIN, DEPLOY, KHAN_USER, Cluster, object_path, running_cluster
 from tests.support.table_fill import table_namespace
@@ -315,15 +315,7 @@ async def populate_objects(cluster: Cluster, pods: int, services: int, nodes: in
 
         async def send(method: str, path: str, body: dict[str, Any], content_type: str) -> None:
             async with gate:
-                for attempt in range(5):
-                    async with session.request(
-                        method, cluster.url + path, data=json.dumps(body), headers={"Content-Type": content_type}
-                    ) as response:
-                        if response.status < 300 or response.status == 409:
-                            return
-                        if response.status not in (429, 500, 503, 504) or attempt == 4:
-                            raise RuntimeError(f"{method} {path}: {response.status} {await response.text()}")
-                    await asyncio.sleep(0.5 * (attempt + 1))
+                await send_object(session, cluster.url, method, path, body, content_type)
 
         post, merge = "application/json", "application/merge-patch+json"
         await asyncio.gather(

@@ -114,6 +114,21 @@ def service_object(index: int) -> dict[str, Any]:
     }
 
 
+async def send_object(
+    session: aiohttp.ClientSession, url: str, method: str, path: str, body: dict[str, Any], content_type: str
+) -> None:
+    """One write to the API server; an object that already exists is fine, a busy server is retried."""
+    for attempt in range(5):
+        async with session.request(
+            method, url + path, data=json.dumps(body), headers={"Content-Type": content_type}
+        ) as response:
+            if response.status < 300 or response.status == 409:
+                return
+            if response.status not in (429, 500, 503, 504) or attempt == 4:
+                raise RuntimeError(f"{method} {path}: {response.status} {await response.text()}")
+        await asyncio.sleep(0.5 * (attempt + 1))
+
+
 async def populate(cluster: Cluster) -> float:
     """Create every object with CONCURRENCY requests in flight; returns the seconds it took."""
     context = ssl.create_default_context(cafile=str(cluster.ca))
@@ -125,15 +140,7 @@ async def populate(cluster: Cluster) -> float:
         queue: asyncio.Queue[tuple[str, str, dict[str, Any], str]] = asyncio.Queue()
 
         async def send(method: str, path: str, body: dict[str, Any], content_type: str) -> None:
-            for attempt in range(5):
-                async with session.request(
-                    method, cluster.url + path, data=json.dumps(body), headers={"Content-Type": content_type}
-                ) as response:
-                    if response.status < 300 or response.status == 409:
-                        return
-                    if response.status not in (429, 500, 503, 504) or attempt == 4:
-                        raise RuntimeError(f"{method} {path}: {response.status} {await response.text()}")
-                await asyncio.sleep(0.5 * (attempt + 1))
+            await send_object(session, cluster.url, method, path, body, content_type)
 
         async def worker() -> None:
             while True:
@@ -213,10 +220,10 @@ def rss_mb(pid: int) -> float:
     raise SystemExit("no VmRSS")
 
 
-def get(path: str) -> tuple[int, str]:
-    with entered(NETNS):
+def get(path: str, netns: str = NETNS, port: int = AGENT_PORT) -> tuple[int, str]:
+    with entered(netns):
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{AGENT_PORT}{path}", timeout=10) as response:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, ""
