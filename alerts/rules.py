@@ -30,6 +30,17 @@ def text(block: str) -> str:
     return dedent(block).strip()
 
 
+def surge(record: str, floor: str, rise: str) -> str:
+    """At least `floor` now, and at least `rise` times an hour ago (or nothing an hour ago)."""
+    return text(f"""
+        ({record} >= {t(floor)})
+        and (
+          ({record} >= {t(rise)} * {record} offset 1h)
+          or ({record} unless {record} offset 1h)
+        )
+    """)
+
+
 @dataclass(frozen=True)
 class Record:
     record: str
@@ -115,14 +126,7 @@ CONNECTIONS = Group(
         ),
         Alert(
             "KhanServerOverloaded",
-            text(f"""
-                (khan:destination_connections:count_once >= {t("serverOverloadedConnections")})
-                and (
-                  (khan:destination_connections:count_once
-                    >= {t("serverOverloadedRise")} * khan:destination_connections:count_once offset 1h)
-                  or (khan:destination_connections:count_once unless khan:destination_connections:count_once offset 1h)
-                )
-            """),
+            surge("khan:destination_connections:count_once", "serverOverloadedConnections", "serverOverloadedRise"),
             "serverOverloaded",
             "warning",
             f"{{{{ $labels.dst_name }}}} has {t('serverOverloadedRise')} times the connections it had an hour ago",
@@ -150,15 +154,7 @@ CONNECTIONS = Group(
         ),
         Alert(
             "KhanUnknownClients",
-            text(f"""
-                (khan:destination_outside_connections:count_once >= {t("unknownClientsConnections")})
-                and (
-                  (khan:destination_outside_connections:count_once
-                    >= {t("unknownClientsRise")} * khan:destination_outside_connections:count_once offset 1h)
-                  or (khan:destination_outside_connections:count_once
-                    unless khan:destination_outside_connections:count_once offset 1h)
-                )
-            """),
+            surge("khan:destination_outside_connections:count_once", "unknownClientsConnections", "unknownClientsRise"),
             "unknownClients",
             "warning",
             "A surge of outside clients to {{ $labels.dst_name }}",
