@@ -7,6 +7,9 @@ expected bytes and mask (repeated once per entry) say whether every entry matche
 not lies; `struct.iter_unpack` then reads only the key's fields of every entry, and a Counter counts those tuples.
 No Python code runs per entry and no Flow is made; each distinct key becomes the caller's key once, at the end.
 
+A tracker (the agent with counters on) gets each run too, as a TrackedRun: every entry's identity and counters as
+integers, read the same C-level way, and the means to decode the few entries it must look at closely.
+
 An entry counted here is one its template matches byte for byte where the template checks them, the netlink
 header (length, type and flags: NLM_F_DUMP_INTR ends a run) included. The first entry that differs ends the run,
 and decode_chunk carries on with it as usual: malformed entries are found and counted there, as before.
@@ -34,6 +37,62 @@ _LENGTH = struct.Struct("=I")
 Key = tuple[Any, ...]
 K = TypeVar("K", bound=Key)
 
+# The identity and counters of an entry as a tracker keys them: `sport << 48 | dport << 32 | id` and
+# `orig_bytes << 64 | reply_bytes`. The kernel writes those fields big-endian in that order, so the integer of
+# their bytes joined is the value: one C call each, no arithmetic per entry.
+_IDENTITY_FIELDS = ("sport", "dport", "id")
+_COUNTER_FIELDS = ("orig_bytes", "reply_bytes")
+
+
+class StoredEntry(NamedTuple):
+    """One entry's message kept as bytes, decoded only if it is wanted (a heaviest-flow candidate)."""
+
+    message: bytes  # the body, after the netlink header
+    template: Template
+
+    def flow(self) -> Flow:
+        values = self.template.unpack(self.message, 0)
+        return tuple.__new__(Flow, self.template.flow_fields(values + self.template.defaults))
+
+
+class TrackedShape(NamedTuple):
+    """The structs that read a run's identities and counters: raw bytes to join, and the counters as numbers."""
+
+    identity: struct.Struct
+    counters: struct.Struct | None  # None: the shape carries no counters (accounting was off)
+    totals: struct.Struct | None  # (orig_bytes, reply_bytes) as integers, to sum
+
+
+class TrackedRun:
+    """The entries of one run, for a tracker: what it needs of all of them, and each one whole on demand."""
+
+    def __init__(
+        self, buf: bytes | bytearray, pos: int, count: int, stride: int, template: Template, tracked: TrackedShape
+    ) -> None:
+        self._buf, self._pos, self._stride, self._template = buf, pos, stride, template
+        view = memoryview(buf)[pos : pos + count * stride]
+        joined = map(b"".join, tracked.identity.iter_unpack(view))
+        self.identities: list[int] = list(map(int.from_bytes, joined))  # big-endian, Python's default since 3.11
+        if tracked.counters is None or tracked.totals is None:  # accounting was off when these began
+            self.counters: list[int] = [0] * len(self.identities)
+            self.totals: list[int] = self.counters
+        else:
+            self.counters = list(map(int.from_bytes, map(b"".join, tracked.counters.iter_unpack(view))))
+            self.totals = list(map(sum, tracked.totals.iter_unpack(view)))
+
+    def __len__(self) -> int:
+        return len(self.identities)
+
+    def flow(self, index: int) -> Flow:
+        template = self._template
+        values = template.unpack(self._buf, self._pos + index * self._stride + NLMSG_HDRLEN)
+        return tuple.__new__(Flow, template.flow_fields(values + template.defaults))
+
+    def stored(self, index: int) -> StoredEntry:
+        start = self._pos + index * self._stride
+        mlen = _LENGTH.unpack_from(self._buf, start)[0]
+        return StoredEntry(bytes(self._buf[start + NLMSG_HDRLEN : start + mlen]), self._template)
+
 
 class RunShape(NamedTuple):
     """A template, seen as a run of messages `stride` bytes apart."""
@@ -46,14 +105,16 @@ class RunShape(NamedTuple):
     read: struct.Struct  # one message (stride bytes): the key's fields, in the order they lie
     key: Callable[[tuple[Any, ...]], Key]  # (fields read + defaults) -> the key
     defaults: tuple[object, ...]  # the template's values of fields its messages do not carry
+    tracked: TrackedShape | None  # with a tracker: how it reads the run
 
 
 class RunCounter:
     """Counts the entries of runs by key: `take` is decode_chunk's `take_run`; `add_to` once the dump has ended.
 
-    `fields` name the Flow fields that make the key, in order (raw_keys.RAW_FLOW_FIELDS)."""
+    `fields` name the Flow fields that make the key, in order (raw_keys.RAW_FLOW_FIELDS). With `track`, each run
+    also goes to it, before `take` returns; a shape whose identity or counters it cannot read is no run then."""
 
-    def __init__(self, fields: Iterable[str]) -> None:
+    def __init__(self, fields: Iterable[str], track: Callable[[TrackedRun], None] | None = None) -> None:
         self._positions = tuple(Flow._fields.index(name) for name in fields)
         if len(self._positions) < 2:
             raise ValueError("a key of at least two fields")
@@ -61,6 +122,7 @@ class RunCounter:
         self._templates: list[Template] = []
         self._counts: dict[int, Counter[tuple[Any, ...]]] = {}  # by id() of the template: the fields read
         self._backoff = self._wait = 0
+        self._track = track
         self.entries = 0
 
     def take(self, buf: bytes | bytearray, pos: int, length: int, template: Template) -> int:
@@ -79,8 +141,11 @@ class RunCounter:
             self._wait = self._backoff
             return 0
         self._backoff = 0
-        self._counts[key].update(shape.read.iter_unpack(memoryview(buf)[pos : pos + taken * shape.stride]))
+        view = memoryview(buf)[pos : pos + taken * shape.stride]
+        self._counts[key].update(shape.read.iter_unpack(view))
         self.entries += taken
+        if self._track is not None and shape.tracked is not None:
+            self._track(TrackedRun(buf, pos, taken, shape.stride, template, shape.tracked))
         return taken
 
     def add_to(self, counts: dict[K, int]) -> dict[K, int]:
@@ -96,7 +161,9 @@ class RunCounter:
         return counts
 
     def _compile(self, buf: bytes | bytearray, pos: int, template: Template) -> RunShape | None:
-        shape = run_shape(buf, pos, template, self._positions)
+        shape = run_shape(buf, pos, template, self._positions, tracked=self._track is not None)
+        if shape is not None and self._track is not None and shape.tracked is None:
+            shape = None  # the tracker must see each of these entries: decoded one by one
         self._shapes[id(template)] = shape
         self._templates.append(template)
         self._counts[id(template)] = Counter()
@@ -129,9 +196,11 @@ def _matching(buf: bytes | bytearray, pos: int, available: int, shape: RunShape)
     return taken
 
 
-def run_shape(buf: bytes | bytearray, pos: int, template: Template, positions: tuple[int, ...]) -> RunShape | None:
+def run_shape(
+    buf: bytes | bytearray, pos: int, template: Template, positions: tuple[int, ...], tracked: bool = False
+) -> RunShape | None:
     """The run shape of `template`, from the message at buf[pos] that it matched; None if its format is not one
-    this module reads."""
+    this module reads. `tracked`: with the structs a tracker reads, where the shape allows."""
     (mlen,) = _LENGTH.unpack_from(buf, pos)
     stride = (mlen + 3) & ~3
     fields = _field_spans(template.layout.format)
@@ -149,13 +218,7 @@ def run_shape(buf: bytes | bytearray, pos: int, template: Template, positions: t
     # the template's defaults, appended after them.
     wanted = [template.layout.flow_index[position] for position in positions]
     read = sorted({index for index in wanted if index < len(fields)})
-    codes, at = ["!"], 0
-    for index in read:
-        offset, size, code = fields[index]
-        codes.append(f"{NLMSG_HDRLEN + offset - at}x" if NLMSG_HDRLEN + offset > at else "")
-        codes.append(code)
-        at = NLMSG_HDRLEN + offset + size
-    codes.append(f"{stride - at}x" if stride > at else "")
+    read_struct = _reader(fields, read, stride, as_bytes=False)
     rank = {index: place for place, index in enumerate(read)}
     key = itemgetter(*(rank[index] if index in rank else len(read) + index - len(fields) for index in wanted))
     return RunShape(
@@ -165,10 +228,47 @@ def run_shape(buf: bytes | bytearray, pos: int, template: Template, positions: t
             (size, int.from_bytes(bytes(pattern) * size, "little"), int.from_bytes(bytes(mask) * size, "little"))
             for size in (4, 8, 16, WINDOW)
         ),
-        struct.Struct("".join(codes)),
+        read_struct,
         key,
         template.defaults,
+        _tracked_shape(template, fields, stride) if tracked else None,
     )
+
+
+def _tracked_shape(template: Template, fields: list[tuple[int, int, str]], stride: int) -> TrackedShape | None:
+    """The tracker's structs, if the messages carry the identity's fields as expected (both ports and the id, or
+    the id alone: the ports' default is 0, the integer's leading bytes) and both byte counters or neither."""
+
+    def carried(names: tuple[str, ...]) -> tuple[list[int], str]:
+        indexes = [template.layout.flow_index[Flow._fields.index(name)] for name in names]
+        present = [index for index in indexes if index < len(fields)]
+        in_order = present == sorted(present)  # joined in the order they lie: the integer's order
+        return present, "".join(fields[index][2] for index in present) if in_order else "?"
+
+    identity, identity_codes = carried(_IDENTITY_FIELDS)
+    counters, counter_codes = carried(_COUNTER_FIELDS)
+    if identity_codes not in ("HHI", "I") or counter_codes not in ("QQ", ""):
+        return None
+    if not counters:
+        return TrackedShape(_reader(fields, identity, stride, as_bytes=True), None, None)
+    return TrackedShape(
+        _reader(fields, identity, stride, as_bytes=True),
+        _reader(fields, counters, stride, as_bytes=True),
+        _reader(fields, counters, stride, as_bytes=False),
+    )
+
+
+def _reader(fields: list[tuple[int, int, str]], indexes: list[int], stride: int, *, as_bytes: bool) -> struct.Struct:
+    """A struct over one message (`stride` bytes) that reads the fields at `indexes` (in the order they lie), as
+    raw bytes or as numbers."""
+    codes, at = ["!"], 0
+    for index in sorted(indexes):
+        offset, size, code = fields[index]
+        codes.append(f"{NLMSG_HDRLEN + offset - at}x" if NLMSG_HDRLEN + offset > at else "")
+        codes.append(f"{size}s" if as_bytes else code)
+        at = NLMSG_HDRLEN + offset + size
+    codes.append(f"{stride - at}x" if stride > at else "")
+    return struct.Struct("".join(codes))
 
 
 def _field_spans(fmt: str) -> list[tuple[int, int, str]] | None:

@@ -9,6 +9,7 @@ from operator import itemgetter
 from typing import NamedTuple
 
 from khan.conntrack.decode import Flow
+from khan.conntrack.runs import StoredEntry
 
 HEAVIEST_KEPT = 10_000  # the most flows /flows may list, kept from each dump by total bytes
 
@@ -32,7 +33,8 @@ class HeaviestFlows:
         self.floor = -1  # every entry is a candidate until there are twice as many as kept
         self.crowded = 2 * kept  # candidates that make a trim
         self.current: list[HeavyFlow] = []  # heaviest first
-        self.candidates: list[tuple[int, Flow]] = []
+        # (total bytes, the entry): a Flow, or the bytes of one read in a run, decoded only if it is kept.
+        self.candidates: list[tuple[int, Flow | StoredEntry]] = []
 
     def begin(self) -> None:
         self.candidates = []
@@ -42,7 +44,8 @@ class HeaviestFlows:
         """The dump ended (complete or not): its heaviest become the current ones."""
         self.trim()
         new = tuple.__new__  # a NamedTuple's own constructor is a Python call: 3 times as slow, 10,000 times a dump
-        self.current = [new(HeavyFlow, (flow, total, first_seen(flow))) for total, flow in self.candidates]
+        flows = [(total, entry.flow() if isinstance(entry, StoredEntry) else entry) for total, entry in self.candidates]
+        self.current = [new(HeavyFlow, (flow, total, first_seen(flow))) for total, flow in flows]
         self.candidates = []
 
     def trim(self) -> int:

@@ -14,9 +14,10 @@ the batch they are applied before: after a DESTROY or a NEW during a dump, its c
 and the next look counts. A NEW goes out just after its entry is made, so a dump may count a connection first.
 
 Identity: the kernel's conntrack id is 32 bits (a hash of the entry's address and original tuple), so among a few
-hundred thousand live entries some share one; the ports are folded in to keep those apart. An id that comes
-back for a new connection with the same tuple is told apart by the old one's DESTROY; without it (events off, or
-lost) a dump sees counters going backwards, which counts as a new connection and the old one as vanished.
+hundred thousand live entries some share one; the ports are folded in to keep those apart (`sport << 48 | dport << 32
+| id`: the integer of those fields' bytes as the kernel writes them, which runs.py reads without Python code). An id
+that comes back for a new connection with the same tuple is told apart by the old one's DESTROY; without it (events
+off, or lost) a dump sees counters going backwards, which counts as a new connection and the old one as vanished.
 """
 
 from __future__ import annotations
@@ -26,27 +27,30 @@ import threading
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from operator import attrgetter
+from itertools import compress, repeat
+from operator import and_, attrgetter, eq, not_
 
 from khan.attribution.raw_keys import pair_key
 from khan.conntrack.decode import Flow
 from khan.conntrack.events import Event
+from khan.conntrack.runs import TrackedRun
 from khan.counting.deltas import Deltas
 from khan.counting.heaviest import HEAVIEST_KEPT, HeaviestFlows, HeavyFlow
 
-# A live entry, packed in one int: the counters at the last look (original and reply direction bytes, 64 bits each
+# A live entry, packed in one int: the counters at the last look (reply and original direction bytes, 64 bits each
 # as the kernel keeps them) and above them the unix second khan first saw it. One int of ~48 bytes, where a tuple of
-# three took 64 and 32 more for each counter above 256; an idle entry's check costs the same (full table, side by
-# side: 1.10 s a steady poll either way).
+# three took 64 and 32 more for each counter above 256. The counters lie as runs.py reads them, `sent << 64 |
+# received`, so that a run's unchanged entries are found by comparing integers in C.
 Record = int
-RECEIVED_SHIFT = 64
+SENT_SHIFT = 64
 FIRST_SEEN_SHIFT = 128
-COUNTER = (1 << RECEIVED_SHIFT) - 1
-COUNTERS = (1 << FIRST_SEEN_SHIFT) - 1  # a record's counters, as `sent | received << RECEIVED_SHIFT`
+COUNTER = (1 << SENT_SHIFT) - 1
+COUNTERS = (1 << FIRST_SEEN_SHIFT) - 1  # a record's counters, as `sent << SENT_SHIFT | received`
+_ABSENT: Record = -1  # no record: its counters (-1 & COUNTERS) are higher than any entry's
 
 
 def record(sent: int, received: int, first_seen: int) -> Record:
-    return sent | received << RECEIVED_SHIFT | first_seen << FIRST_SEEN_SHIFT
+    return received | sent << SENT_SHIFT | first_seen << FIRST_SEEN_SHIFT
 
 
 def first_seen_of(seen: Record) -> int:
@@ -83,7 +87,7 @@ _UNKNOWN: Record = 0  # a heavy flow's record when the dump kept none (it was de
 
 
 def identity(flow: Flow) -> int:
-    return flow.id | flow.sport << 32 | flow.dport << 48
+    return flow.sport << 48 | flow.dport << 32 | flow.id
 
 
 class ConnectionTracker:
@@ -172,63 +176,98 @@ class ConnectionTracker:
             self._dropped = dropped
 
     def observe_dump(self, batch: Iterable[Flow], now: int) -> None:
-        """One received batch of the dump under way. This runs once per entry: keep it lean."""
+        """The entries of one received batch of the dump under way that were not read in runs."""
+        with self.lock:
+            self._observe_flows(batch, now)
+
+    def observe_run(self, run: TrackedRun, now: int) -> None:
+        """A run of one shape in a batch of the dump under way (runs.py). Most entries of a table are idle between
+        two looks: those, whose counters are what their record holds, are carried over in C-level calls, and only
+        the others (new, grown, gone backwards, or touched by events meanwhile) go through `_observe_flows`."""
         with self.lock:
             dumping = self._dumping
             if dumping is None:
-                raise RuntimeError("observe_dump() outside begin_dump()/end_dump()")
-            live_pop = self._live.pop
+                raise RuntimeError("observe_run() outside begin_dump()/end_dump()")
+            live = self._live
+            idents, totals, count = run.identities, run.totals, len(run)
+            seens = list(map(live.pop, idents, repeat(_ABSENT)))
+            same = list(map(eq, map(and_, seens, repeat(COUNTERS)), run.counters))
             changed = self._changed_during
-            counting = self._baseline_done
-            lossy = self._lossy
-            found = self._found_by_dump
-            deltas = self._deltas
-            count_opened = deltas.count_opened
-            sent_deltas, received_deltas = deltas.sent, deltas.received
+            if changed and not changed.isdisjoint(idents):
+                for index in compress(range(count), map(changed.__contains__, idents)):
+                    same[index] = False  # stale copies: _observe_flows knows what to do with them
             heaviest = self._heaviest
-            candidates, floor, crowded = heaviest.candidates, heaviest.floor, heaviest.crowded
-            fields = _DUMP_FIELDS
-            stamp = now << FIRST_SEEN_SHIFT  # a new record's first second
-            counter, both = COUNTER, COUNTERS  # the hot loop shifts by a literal 64: RECEIVED_SHIFT
-            if not counting:
-                self._baseline_second = now
-            for flow in batch:
-                ct_id, sport, dport, sent, received = fields(flow)
-                ident = ct_id | sport << 32 | dport << 48
-                if sent + received > floor:  # one of the heaviest so far (for /flows), inlined: see HeaviestFlows
-                    candidates.append((sent + received, flow))
-                    if len(candidates) >= crowded:
-                        floor = heaviest.trim()
-                if ident in changed:
-                    self._stale_copy(ident)
+            for index in compress(range(count), map(and_, same, map(heaviest.floor.__lt__, totals))):
+                heaviest.candidates.append((totals[index], run.stored(index)))
+                if len(heaviest.candidates) >= heaviest.crowded:
+                    heaviest.trim()
+            if all(same):
+                dumping.update(zip(idents, seens, strict=True))
+                return
+            dumping.update(zip(compress(idents, same), compress(seens, same), strict=True))
+            rest = list(compress(range(count), map(not_, same)))
+            for index in rest:  # back where _observe_flows looks for them
+                if seens[index] != _ABSENT:
+                    live[idents[index]] = seens[index]
+            self._observe_flows([run.flow(index) for index in rest], now)
+
+    def _observe_flows(self, batch: Iterable[Flow], now: int) -> None:
+        """Entries of the dump under way, one by one. This runs once per entry: keep it lean."""
+        dumping = self._dumping
+        if dumping is None:
+            raise RuntimeError("observe_dump() outside begin_dump()/end_dump()")
+        live_pop = self._live.pop
+        changed = self._changed_during
+        counting = self._baseline_done
+        lossy = self._lossy
+        found = self._found_by_dump
+        deltas = self._deltas
+        count_opened = deltas.count_opened
+        sent_deltas, received_deltas = deltas.sent, deltas.received
+        heaviest = self._heaviest
+        candidates, floor, crowded = heaviest.candidates, heaviest.floor, heaviest.crowded
+        fields = _DUMP_FIELDS
+        stamp = now << FIRST_SEEN_SHIFT  # a new record's first second
+        counter, both = COUNTER, COUNTERS  # the hot loop shifts by a literal 64: SENT_SHIFT
+        if not counting:
+            self._baseline_second = now
+        for flow in batch:
+            ct_id, sport, dport, sent, received = fields(flow)
+            ident = sport << 48 | dport << 32 | ct_id
+            if sent + received > floor:  # one of the heaviest so far (for /flows), inlined: see HeaviestFlows
+                candidates.append((sent + received, flow))
+                if len(candidates) >= crowded:
+                    floor = heaviest.trim()
+            if ident in changed:
+                self._stale_copy(ident)
+                continue
+            seen = live_pop(ident, None)
+            counters = sent << 64 | received
+            if seen is None:
+                if ident in dumping:  # read twice
                     continue
-                seen = live_pop(ident, None)
-                counters = sent | received << 64
-                if seen is None:
-                    if ident in dumping:  # read twice
-                        continue
-                    dumping[ident] = counters | stamp
-                    if counting:
-                        count_opened(flow, sent, received)
-                        if len(found) < FOUND_KEPT:
-                            found.add(ident)
-                        if lossy:  # its NEW event was among the lost ones (or is still to come)
-                            self.totals.recovered += 1
-                            self._recovered_by_dump.add(ident)
-                    continue
-                if seen & both == counters:  # most entries: idle since the last look
-                    dumping[ident] = seen
-                    continue
-                sent_before, received_before = seen & counter, seen >> 64 & counter
-                if sent < sent_before or received < received_before:
-                    self._reused_unseen(flow, ident, seen, now)
-                else:
-                    dumping[ident] = seen >> FIRST_SEEN_SHIFT << FIRST_SEEN_SHIFT | counters
-                    pair = pair_key(flow)
-                    if sent != sent_before:
-                        sent_deltas[pair] = sent_deltas.get(pair, 0) + sent - sent_before
-                    if received != received_before:
-                        received_deltas[pair] = received_deltas.get(pair, 0) + received - received_before
+                dumping[ident] = counters | stamp
+                if counting:
+                    count_opened(flow, sent, received)
+                    if len(found) < FOUND_KEPT:
+                        found.add(ident)
+                    if lossy:  # its NEW event was among the lost ones (or is still to come)
+                        self.totals.recovered += 1
+                        self._recovered_by_dump.add(ident)
+                continue
+            if seen & both == counters:  # most entries: idle since the last look
+                dumping[ident] = seen
+                continue
+            sent_before, received_before = seen >> 64 & counter, seen & counter
+            if sent < sent_before or received < received_before:
+                self._reused_unseen(flow, ident, seen, now)
+            else:
+                dumping[ident] = seen >> FIRST_SEEN_SHIFT << FIRST_SEEN_SHIFT | counters
+                pair = pair_key(flow)
+                if sent != sent_before:
+                    sent_deltas[pair] = sent_deltas.get(pair, 0) + sent - sent_before
+                if received != received_before:
+                    received_deltas[pair] = received_deltas.get(pair, 0) + received - received_before
 
     def _stale_copy(self, ident: int) -> None:
         """Destroyed or opened again since (or just before) the dump copied it: the copy may be the old connection's,
@@ -328,7 +367,7 @@ class ConnectionTracker:
             ident_fields = _IDENTITY_FIELDS
             for opened, flow in events:
                 ct_id, sport, dport = ident_fields(flow)
-                ident = ct_id | sport << 32 | dport << 48
+                ident = sport << 48 | dport << 32 | ct_id
                 if opened:
                     if ident in live or ident in dumping:
                         self._on_new(flow, ident, now)
@@ -355,7 +394,7 @@ class ConnectionTracker:
                         self.totals.recovered += 1
                         count_opened(flow, sent, received)
                     continue
-                sent_before, received_before = seen & COUNTER, seen >> RECEIVED_SHIFT & COUNTER
+                sent_before, received_before = seen >> SENT_SHIFT & COUNTER, seen & COUNTER
                 if sent >= sent_before and received >= received_before:  # lower: accounting off, or counters never had
                     add_bytes(pair_key(flow), sent - sent_before, received - received_before)
 

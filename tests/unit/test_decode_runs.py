@@ -6,20 +6,18 @@ from __future__ import annotations
 
 import random
 import struct
+from functools import partial
 
 from khan.attribution.connections import count_flows
 from khan.attribution.raw_keys import RAW_FLOW_FIELDS, RawKey
 from khan.conntrack.decode import NLM_F_DUMP_INTR, ChunkResult, Flow, decode_chunk, decode_entry
-from khan.conntrack.runs import RunCounter
-from tests.support.netlink_fixtures import message_offsets, recorded_buffers
+from khan.conntrack.runs import RunCounter, TrackedRun
+from khan.counting.tracker import identity
+from tests.support.ct_messages import RECORDED, encoded
+from tests.support.netlink_fixtures import message_offsets
 from tests.unit.test_decode_fuzz import MUTATIONS, attributes
 
-ENTRIES, _ = recorded_buffers("lab_dump.bin")
 # TCP over IPv4 and IPv6, UDP replied and unreplied, ICMP: five shapes, two of them the same (UDP over IPv4).
-RECORDED = [
-    ENTRIES[start : start + ((struct.unpack_from("=I", ENTRIES, start)[0] + 3) & ~3)]
-    for start in message_offsets(ENTRIES)
-]
 ICMP, TCP6, UDP, TCP, UDP_REPLIED = RECORDED
 BATCH_BYTES = 32 * 1024
 
@@ -120,3 +118,42 @@ def test_mutated_runs_count_alike() -> None:
             if mutated:
                 data = bytes(mutated)
         assert_same([data])
+
+
+def check_run(checked: list[Flow], run: TrackedRun) -> None:
+    """A run as the tracker gets it, against its entries' Flows."""
+    flows = [run.flow(index) for index in range(len(run))]
+    assert run.identities == [identity(flow) for flow in flows]
+    assert run.counters == [flow.orig_bytes << 64 | flow.reply_bytes for flow in flows]
+    assert run.totals == [flow.orig_bytes + flow.reply_bytes for flow in flows]
+    assert [run.stored(index).flow() for index in range(len(run))] == flows
+    checked.extend(flows)
+
+
+def test_a_tracker_reads_each_entry_of_a_run_as_its_flow() -> None:
+    """For every recorded shape (ICMP without ports, TCP and UDP over IPv4 and IPv6): a run's identities and
+    counters are the integers the tracker makes of each entry's Flow, and each entry decodes to its Flow."""
+    for message in RECORDED:
+        shape = decode_entry(message, 16, struct.unpack_from("=I", message)[0])
+        rng = random.Random(len(message))
+        table = [
+            encoded(
+                shape._replace(
+                    id=rng.randrange(1 << 32),
+                    sport=rng.randrange(1 << 16) if shape.sport else 0,
+                    orig_bytes=rng.randrange(1 << 64),
+                    reply_bytes=rng.randrange(1 << 40),
+                ),
+                like=message,
+            )
+            for _ in range(500)
+        ]
+        checked: list[Flow] = []
+        counter = RunCounter(RAW_FLOW_FIELDS, track=partial(check_run, checked))
+        templates: dict = {}  # type: ignore[type-arg]
+        flows: list[Flow] = []
+        for buf in batches(table):
+            decode_chunk(buf, len(buf), flows, templates, take_run=counter.take)
+        decoded = [decode_entry(entry, 16, len(entry)) for entry in table]
+        assert len(checked) >= len(table) - len(batches(table)) * 2  # runs took (nearly) every entry
+        assert sorted(checked + flows) == sorted(decoded)

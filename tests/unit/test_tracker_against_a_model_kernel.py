@@ -16,11 +16,16 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from functools import partial
 
 import pytest
 
+from khan.attribution.raw_keys import RAW_FLOW_FIELDS
+from khan.conntrack.decode import Flow, Template, decode_chunk
 from khan.conntrack.events import Event
+from khan.conntrack.runs import RunCounter
 from khan.counting.tracker import ConnectionTracker
+from tests.support.ct_messages import encoded
 from tests.unit.test_connection_tracker import entry
 
 Key = tuple[int, int]  # conntrack id, source port
@@ -40,6 +45,7 @@ class Kernel:
     rnd: random.Random
     tracker: ConnectionTracker
     lossy_run: bool
+    through_runs: bool  # batches go as bytes through the decoder's runs, as the poll feeds them, not as Flows
     table: dict[Key, Connection] = field(default_factory=dict)
     copies_left: dict[Key, Connection] = field(default_factory=dict)  # destroyed, still in the table a moment
     closed: list[Key] = field(default_factory=list)
@@ -52,6 +58,8 @@ class Kernel:
     final: dict[str, int] = field(default_factory=lambda: {"sent": 0, "received": 0})
     next_id: int = 100
     now: int = 1_000
+    templates: dict[int, list[Template]] = field(default_factory=dict)
+    runs: RunCounter = field(default_factory=lambda: RunCounter(RAW_FLOW_FIELDS))
 
     def send(self, opened: bool, key: Key, conn: Connection) -> None:
         if not conn.announced:
@@ -119,6 +127,15 @@ class Kernel:
             self.congested = False
             self.tracker.loss_ended(self.dropped)
 
+    def observe(self, batch: list[Flow]) -> None:
+        if not self.through_runs:
+            self.tracker.observe_dump(batch, self.now)
+            return
+        buf = b"".join(map(encoded, batch))
+        flows: list[Flow] = []
+        decode_chunk(buf, len(buf), flows, self.templates, take_run=self.runs.take)
+        self.tracker.observe_dump(flows, self.now)
+
     def release_late_news(self) -> None:
         for event in self.late_news:
             if self.congested:
@@ -130,6 +147,7 @@ class Kernel:
     def dump(self, complete: bool = True) -> None:
         self.now += 1
         tracker = self.tracker
+        self.runs = RunCounter(RAW_FLOW_FIELDS, track=partial(tracker.observe_run, now=self.now))  # one a dump
         tracker.begin_dump()
         cuts = [*sorted(self.rnd.random() for _ in range(self.rnd.randrange(4))), 1.0]
         low = 0.0
@@ -145,18 +163,18 @@ class Kernel:
             for _ in range(self.rnd.randrange(3)):  # the table changes after the batch was built
                 self.change()
             self.read_events()  # the poll catches up before it counts the batch
-            tracker.observe_dump(batch, self.now)
+            self.observe(batch)
             low = high
         self.read_events()
         tracker.end_dump(complete)
         self.copies_left = {}  # a destroyed entry leaves the table a moment after its DESTROY, long before a poll
 
 
-def run(seed: int, lossy_run: bool) -> tuple[int, int, int, int, int | None, int]:
+def run(seed: int, lossy_run: bool, through_runs: bool) -> tuple[int, int, int, int, int | None, int]:
     """(counted, opened, sent counted, sent truly, bound, times the bound went down)."""
     rnd = random.Random(seed)
     tracker = ConnectionTracker()
-    kernel = Kernel(rnd, tracker, lossy_run)
+    kernel = Kernel(rnd, tracker, lossy_run, through_runs)
     for index in range(5):  # older than khan
         kernel.table[(index, 30_000 + index)] = Connection(5, 5, rnd.random(), announced=False)
     kernel.dump()  # the baseline (connections opened while it runs count: khan listened already)
@@ -186,20 +204,24 @@ def run(seed: int, lossy_run: bool) -> tuple[int, int, int, int, int | None, int
     return counted, kernel.opened, sent, truly_sent, tracker.totals.possibly_missed, decreases
 
 
-def test_without_losses_every_connection_counts_once_with_exactly_its_bytes() -> None:
+@pytest.mark.parametrize("through_runs", [False, True], ids=["flows", "runs"])
+def test_without_losses_every_connection_counts_once_with_exactly_its_bytes(through_runs: bool) -> None:
     wrong = []
     for seed in range(RUNS):
-        counted, opened, sent, truly_sent, bound, _ = run(seed, lossy_run=False)
+        counted, opened, sent, truly_sent, bound, _ = run(seed, lossy_run=False, through_runs=through_runs)
         if (counted, sent, bound) != (opened, truly_sent, 0):
             wrong.append((seed, counted, opened, sent, truly_sent, bound))
     assert wrong == []
 
 
+@pytest.mark.parametrize("through_runs", [False, True], ids=["flows", "runs"])
 @pytest.mark.parametrize("half", [0, 1])
-def test_with_losses_nothing_counts_twice_and_the_bound_covers_every_connection_missed(half: int) -> None:
+def test_with_losses_nothing_counts_twice_and_the_bound_covers_every_connection_missed(
+    half: int, through_runs: bool
+) -> None:
     wrong = []
     for seed in range(half * RUNS, (half + 1) * RUNS):
-        counted, opened, _, _, bound, decreases = run(seed, lossy_run=True)
+        counted, opened, _, _, bound, decreases = run(seed, lossy_run=True, through_runs=through_runs)
         assert bound is not None
         if counted > opened or counted + bound < opened or decreases:
             wrong.append((seed, counted, opened, bound, decreases))
