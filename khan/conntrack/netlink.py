@@ -14,7 +14,7 @@ import queue
 import socket
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from khan.conntrack.decode import NLMSG_DONE, NLMSG_ERROR, Flow, Template, decode_chunk
@@ -94,12 +94,19 @@ def dump_request(sequence: int) -> bytes:
     return request(IPCTNL_MSG_CT_GET, NLM_F_DUMP, sequence)
 
 
-def dump_flows(stats: DumpStats, runs: RunCounter | None = None, prefetch: bool = False) -> Iterator[list[Flow]]:
+def dump_flows(
+    stats: DumpStats,
+    runs: RunCounter | None = None,
+    prefetch: bool = False,
+    before_batch: Callable[[], None] | None = None,
+) -> Iterator[list[Flow]]:
     """Dump the current namespace's table; yields the entries of each received buffer as one batch.
 
     With `runs`, entries in runs of one shape are counted there by key instead (see runs.py): the caller adds
     them to its counts once the dump has ended. With `prefetch`, a thread receives the next batches while this
-    one decodes (see _prefetched); not for a tracker, whose events must be applied just before each batch.
+    one decodes (see _prefetched). `before_batch` runs before each received batch is decoded (a tracker's
+    catch-up with events: the kernel queued the event of every change a batch shows before it built the batch,
+    so however far ahead batches were received, those events are in by then).
 
     An interrupted dump (NLM_F_DUMP_INTR, or ENOBUFS: entries were lost) sets `stats.interrupted` for the
     caller to retry. Raises ConntrackError when the kernel answers with an error.
@@ -112,6 +119,8 @@ def dump_flows(stats: DumpStats, runs: RunCounter | None = None, prefetch: bool 
             if length < 0:  # ENOBUFS: the kernel dropped part of the dump, as good as interrupted
                 stats.interrupted = True
                 return
+            if before_batch is not None:
+                before_batch()
             flows: list[Flow] = []
             result = decode_chunk(buf, length, flows, templates, take_run=take_run)
             stats.entries += len(flows) + result.counted

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 
 import structlog
 
@@ -90,21 +91,22 @@ def _dump_consistent(
 
 def _dump(stats: DumpStats, counting: Counting | None, catch_up_events: Callable[[], None] | None) -> dict[RawKey, int]:
     counts: dict[RawKey, int] = {}
-    if counting is None:  # no tracker needs each entry or events' order: see dump_flows' runs and prefetch
+    if counting is None:  # no tracker: runs are only counted by key
         runs = RunCounter(RAW_FLOW_FIELDS)
         count_flows(dump_flows(stats, runs, prefetch=True), counts)
         return runs.add_to(counts)
     tracker = counting.tracker
     catch_up = catch_up_events or _nothing
     now = int(time.time())
+    runs = RunCounter(RAW_FLOW_FIELDS, track=partial(tracker.observe_run, now=now))
     catch_up()  # what happened before the dump is applied as plain events
     tracker.begin_dump()
     complete = False
     try:
-        for batch in dump_flows(stats):
-            # The kernel queued the events of every change this batch shows before it built the batch: applying
-            # them first keeps the kernel's order (a reused id's DESTROY before the dump's look at the new entry).
-            catch_up()
+        # The kernel queued the events of every change a batch shows before it built the batch: applying them
+        # before it is decoded keeps the kernel's order (a reused id's DESTROY before the dump's look at the new
+        # entry); events newer than the batch that come in with them are the tracker's to handle.
+        for batch in dump_flows(stats, runs, prefetch=True, before_batch=catch_up):
             count_flows((batch,), counts)
             tracker.observe_dump(batch, now)
         complete = not stats.interrupted
@@ -113,7 +115,7 @@ def _dump(stats: DumpStats, counting: Counting | None, catch_up_events: Callable
         # bytes belong to this poll. A failed or interrupted dump keeps every record it did not reach.
         catch_up()
         tracker.end_dump(complete)
-    return counts
+    return runs.add_to(counts)
 
 
 def _nothing() -> None:
