@@ -57,6 +57,9 @@ def failure(what: str, exc: BaseException) -> TransportError:
 # packages for a name it lacks, the package's real __init__ runs then and answers.
 _LEAN_PACKAGES = ("kubernetes_asyncio", "kubernetes_asyncio.client", "kubernetes_asyncio.client.models")
 _CLIENT_MODULES = ("exceptions", "configuration", "rest", "api_client")
+# Configuration imports urllib3 only to build basic-auth headers (khan authenticates with tokens and certificates):
+# it too is registered unexecuted (2 MB) unless something imported it already, and loads in full on first use.
+_LAZY_DEPENDENCIES = ("urllib3",)
 # The paths and Accept header the generated CoreV1Api, AuthenticationV1Api and AuthorizationV1Api use.
 _PATHS = {
     "pods": "/api/v1/pods",
@@ -73,6 +76,9 @@ def _library() -> types.ModuleType:
     if "kubernetes_asyncio" not in sys.modules:
         for name in _LEAN_PACKAGES:
             _register_unexecuted(name)
+        for name in _LAZY_DEPENDENCIES:
+            if name not in sys.modules:
+                _register_unexecuted(name)
         client: Any = sys.modules["kubernetes_asyncio.client"]
         for name in _CLIENT_MODULES:
             importlib.import_module(f"kubernetes_asyncio.client.{name}")
