@@ -94,32 +94,53 @@ def inventory_from_projections(
     and is not counted in `objects`; nor do its connection limits count (a deleted pod accepts nothing).
     """
     counts: dict[str, int] = {}
-    claims: list[Claim] = []
+    best: dict[bytes, Projection | Claim] = {}
     limits: dict[ObjectKey, Limit] = {}  # by object: a file listing one object twice declares its limit once
     for projection in projections:
-        counts[projection.key.kind] = counts.get(projection.key.kind, 0) + 1
-        claims.extend(projection.claims)
+        kind = projection.kind
+        counts[kind] = counts.get(kind, 0) + 1
+        _claim(best, projection)
         if projection.limit is not None:
             limits[projection.key] = projection.limit
-    owners = resolve(claims)
-    for address, owner in resolve(claim for projection in fallback for claim in projection.claims).items():
-        owners.setdefault(address, owner)
+    owners = {address: claim.owner for address, claim in best.items()}
+    del best
+    lingering: dict[bytes, Projection | Claim] = {}
+    for projection in fallback:
+        _claim(lingering, projection)
+    for address, claim in lingering.items():
+        owners.setdefault(address, claim.owner)
     valid = [limit for limit in limits.values() if limit.valid]
     return Inventory(owners, counts, skipped, valid, len(limits) - len(valid))
 
 
 def resolve(claims: Iterable[Claim]) -> dict[bytes, Owner]:
     """Claims -> the winning owner of each address."""
-    best: dict[bytes, tuple[tuple[int, float, str, str, str, str], Owner]] = {}
+    best: dict[bytes, Projection | Claim] = {}
     for claim in claims:
-        precedence = _precedence(claim)
-        held = best.get(claim.address)
-        if held is None or precedence < held[0]:
-            best[claim.address] = (precedence, claim.owner)
-    return {address: owner for address, (_, owner) in best.items()}
+        _contend(best, claim.address, claim)
+    return {address: claim.owner for address, claim in best.items()}
 
 
-def _precedence(claim: Claim) -> tuple[int, float, str, str, str, str]:
+def _claim(best: dict[bytes, Projection | Claim], projection: Projection) -> None:
+    """Each of the projection's claims contends for its address. The projection itself stands for the claims for
+    its owner, so that no Claim record is built for them (nor a precedence, unless an address is contested)."""
+    packed = projection.packed
+    if isinstance(packed, bytes):
+        _contend(best, packed, projection)
+    else:
+        for address in packed:
+            _contend(best, address, projection)
+    for claim in projection.others:
+        _contend(best, claim.address, claim)
+
+
+def _contend(best: dict[bytes, Projection | Claim], address: bytes, claim: Projection | Claim) -> None:
+    held = best.setdefault(address, claim)
+    if held is not claim and _precedence(claim) < _precedence(held):
+        best[address] = claim
+
+
+def _precedence(claim: Projection | Claim) -> tuple[int, float, str, str, str, str]:
     """Sort key, lowest wins: highest rank, then newest object, then name order; total, so input order never decides."""
     owner = claim.owner
     rank = _FINISHED_POD_RANK if claim.finished else _RANK.get(owner.type, -1)

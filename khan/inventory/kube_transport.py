@@ -24,6 +24,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from khan.inventory.api_config import ApiConfig, ApiConfigError
 from khan.inventory.watch_protocol import StreamEnd, TransportError, status_error
+from khan.lean_imports import register_unexecuted
 
 if TYPE_CHECKING:  # at run time, through _library() only
     from kubernetes_asyncio.client.api_client import ApiClient
@@ -57,6 +58,9 @@ def failure(what: str, exc: BaseException) -> TransportError:
 # packages for a name it lacks, the package's real __init__ runs then and answers.
 _LEAN_PACKAGES = ("kubernetes_asyncio", "kubernetes_asyncio.client", "kubernetes_asyncio.client.models")
 _CLIENT_MODULES = ("exceptions", "configuration", "rest", "api_client")
+# Configuration imports urllib3 only to build basic-auth headers (khan authenticates with tokens and certificates):
+# it too is registered unexecuted (2 MB) unless something imported it already, and loads in full on first use.
+_LAZY_DEPENDENCIES = ("urllib3",)
 # The paths and Accept header the generated CoreV1Api, AuthenticationV1Api and AuthorizationV1Api use.
 _PATHS = {
     "pods": "/api/v1/pods",
@@ -72,35 +76,16 @@ def _library() -> types.ModuleType:
     """kubernetes_asyncio.config, with the client modules it needs and none of the generated ones."""
     if "kubernetes_asyncio" not in sys.modules:
         for name in _LEAN_PACKAGES:
-            _register_unexecuted(name)
+            register_unexecuted(name)
+        for name in _LAZY_DEPENDENCIES:
+            if name not in sys.modules:
+                register_unexecuted(name)
         client: Any = sys.modules["kubernetes_asyncio.client"]
         for name in _CLIENT_MODULES:
             importlib.import_module(f"kubernetes_asyncio.client.{name}")
         client.Configuration = client.configuration.Configuration
         client.ApiClient = client.api_client.ApiClient
     return importlib.import_module("kubernetes_asyncio.config")
-
-
-def _register_unexecuted(name: str) -> None:
-    """Registers package `name` (its submodules importable) without running its __init__ until a name is missing."""
-    spec = importlib.util.find_spec(name)
-    if spec is None or spec.loader is None:
-        raise ImportError(name)
-    loader = spec.loader
-    module = importlib.util.module_from_spec(spec)
-
-    def load_all(attribute: str) -> Any:
-        if attribute.startswith("__"):  # probes such as __file__ or __wrapped__ load nothing
-            raise AttributeError(attribute)
-        del module.__getattr__
-        loader.exec_module(module)
-        return getattr(module, attribute)
-
-    module.__getattr__ = load_all  # type: ignore[method-assign]
-    sys.modules[name] = module
-    parent, _, child = name.rpartition(".")
-    if parent:
-        setattr(sys.modules[parent], child, module)
 
 
 async def connect(config: ApiConfig) -> KubeTransport:

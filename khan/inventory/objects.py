@@ -11,6 +11,7 @@ Which claim wins a contested address is not decided here but in `khan.inventory.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import sys
@@ -85,12 +86,47 @@ class Limit(NamedTuple):
 
 
 class Projection(NamedTuple):
-    """Everything one object says about addresses; `claims` is empty for a pod without an IP. `limit` is None for
-    an object declaring none (nearly all): one empty slot, the annotations themselves are never kept."""
+    """Everything one object says about addresses, in the compact form the watch cache keeps one of per object (50,000
+    pods: a few records fewer per pod is megabytes): the object's owner, which also names it (`key`); the addresses it
+    claims for that owner, as one packed address or a tuple of them (none for a pod without an IP); its creation time;
+    and the claims it makes for other owners (a node's pod CIDR network and gateway). `limit` is None for an object
+    declaring none (nearly all): one empty slot, the annotations themselves are never kept."""
 
-    key: ObjectKey
-    claims: tuple[Claim, ...]
+    owner: Owner
+    packed: bytes | tuple[bytes, ...]
+    created: float  # the object's creationTimestamp in Unix seconds; 0.0 if absent or unreadable
     limit: Limit | None = None
+    others: tuple[Claim, ...] = ()
+
+    @property
+    def key(self) -> ObjectKey:
+        owner = self.owner
+        return ObjectKey(_KIND_OF_TYPE[owner.type], owner.ns, owner.name)
+
+    @property
+    def kind(self) -> str:
+        return _KIND_OF_TYPE[self.owner.type]
+
+    @property
+    def finished(self) -> bool:
+        """A Succeeded or Failed pod (other objects have no phase)."""
+        return self.owner.phase in _FINISHED_PHASES
+
+    @property
+    def addresses(self) -> tuple[bytes, ...]:
+        """The addresses claimed for `owner`."""
+        packed = self.packed
+        return (packed,) if isinstance(packed, bytes) else packed
+
+    @property
+    def claims(self) -> tuple[Claim, ...]:
+        """Every claim, those for `owner` first; built on demand, never kept."""
+        finished = self.finished
+        return tuple(Claim(address, self.owner, finished, self.created) for address in self.addresses) + self.others
+
+
+# A projection's kind, from its owner's type.
+_KIND_OF_TYPE: dict[str, str] = {"pod": POD, "service": SERVICE, "node": NODE}
 
 
 class _Meta(NamedTuple):
@@ -129,9 +165,8 @@ def project_pod(pod: Mapping[str, Any]) -> Projection | None:
     if parts is None:
         return None
     meta, spec, status = parts
-    key = ObjectKey(POD, meta.ns, meta.name)
     if spec.get("hostNetwork") is True:  # its connections are its node's: no pod series for a limit to join
-        return Projection(key, ())
+        return Projection(Owner("pod", meta.ns, meta.app, meta.name), (), meta.created)
     pod_ips = status.get("podIPs")
     values: list[object]
     if isinstance(pod_ips, list) and pod_ips:
@@ -144,7 +179,7 @@ def project_pod(pod: Mapping[str, Any]) -> Projection | None:
     finished = phase in _FINISHED_PHASES
     # A finished pod accepts nothing: its limit counts for nobody, and a bad one is not worth a warning.
     limit = None if finished else _limit(meta, POD, owner)
-    return Projection(key, _claims(values, owner, finished, meta.created), limit)
+    return Projection(owner, _packed(values), meta.created, limit)
 
 
 def project_service(service: Mapping[str, Any]) -> Projection | None:
@@ -169,8 +204,7 @@ def project_service(service: Mapping[str, Any]) -> Projection | None:
             values.extend(entry.get("ip") for entry in ingress if isinstance(entry, Mapping))
     # "None" and "" fail to parse and so drop out with every other invalid address.
     owner = Owner("service", meta.ns, meta.app, meta.name)
-    key = ObjectKey(SERVICE, meta.ns, meta.name)
-    return Projection(key, _claims(values, owner, False, meta.created), _limit(meta, SERVICE, owner))
+    return Projection(owner, _packed(values), meta.created, _limit(meta, SERVICE, owner))
 
 
 def project_node(node: Mapping[str, Any]) -> Projection | None:
@@ -187,7 +221,7 @@ def project_node(node: Mapping[str, Any]) -> Projection | None:
             for entry in addresses
             if isinstance(entry, Mapping) and entry.get("type") in _NODE_ADDRESS_TYPES
         )
-    claims = list(_claims(values, Owner("node", "", meta.app, meta.name, meta.name), False, meta.created))
+    claims: list[Claim] = []
 
     pod_cidrs = spec.get("podCIDRs")
     cidrs: list[object] = list(pod_cidrs) if isinstance(pod_cidrs, list) and pod_cidrs else [spec.get("podCIDR")]
@@ -200,7 +234,8 @@ def project_node(node: Mapping[str, Any]) -> Projection | None:
         claims.append(Claim(network.network_address.packed, network_owner, False, meta.created))
         if network.num_addresses > 1:  # a /32 or /128 has no host beyond its network address
             claims.append(Claim((network.network_address + 1).packed, gateway_owner, False, meta.created))
-    return Projection(ObjectKey(NODE, "", meta.name), tuple(dict.fromkeys(claims)))
+    owner = Owner("node", "", meta.app, meta.name, meta.name)
+    return Projection(owner, _packed(values), meta.created, others=tuple(dict.fromkeys(claims)))
 
 
 def _parts(obj: Mapping[str, Any], *, namespaced: bool) -> tuple[_Meta, Mapping[str, Any], Mapping[str, Any]] | None:
@@ -290,15 +325,22 @@ def _intern(value: str) -> str:
 
 def _created(value: object) -> float:
     if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value)
-        except ValueError:
-            return 0.0
+        return _created_text(value)
     if not isinstance(value, datetime):
         return 0.0
     if value.tzinfo is None:  # the API always writes UTC ("Z"); a naive value lost its zone on the way
         value = value.replace(tzinfo=UTC)
     return value.timestamp()
+
+
+@functools.lru_cache(maxsize=64)
+def _created_text(value: str) -> float:
+    """One float for the pods created in the same second: a Deployment's replicas, listed next to each other,
+    share one object instead of holding 24 bytes each."""
+    try:
+        return _created(datetime.fromisoformat(value))
+    except ValueError:
+        return 0.0
 
 
 def _address(value: object) -> bytes | None:
@@ -320,7 +362,8 @@ def _network(value: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network | N
         return None
 
 
-def _claims(values: Iterable[object], owner: Owner, finished: bool, created: float) -> tuple[Claim, ...]:
-    """Address strings -> one claim per distinct valid address, in input order."""
-    addresses = dict.fromkeys(address for address in map(_address, values) if address is not None)
-    return tuple(Claim(address, owner, finished, created) for address in addresses)
+def _packed(values: Iterable[object]) -> bytes | tuple[bytes, ...]:
+    """Address strings -> each distinct valid address packed, in input order: alone if it is the only one (most
+    objects have one: a tuple around it would cost 48 bytes)."""
+    addresses = tuple(dict.fromkeys(address for address in map(_address, values) if address is not None))
+    return addresses[0] if len(addresses) == 1 else addresses

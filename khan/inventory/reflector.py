@@ -23,7 +23,7 @@ import structlog
 
 from khan.inventory import watch_stats as reasons
 from khan.inventory.backoff import Backoff
-from khan.inventory.objects import NODE, POD, SERVICE, ObjectKey, Projection, project
+from khan.inventory.objects import NODE, POD, SERVICE, Projection, project
 from khan.inventory.watch_cache import WatchCache
 from khan.inventory.watch_protocol import (
     GONE,
@@ -93,7 +93,7 @@ class Restart:
 
 @dataclass(slots=True)
 class _Listed:
-    projections: dict[ObjectKey, Projection] = field(default_factory=dict)
+    projections: list[Projection] = field(default_factory=list)
     skipped: int = 0
     resource_version: str = ""
 
@@ -145,7 +145,7 @@ class Reflector:
             )
         if not self._stats.synced:
             self._stats.synced = True
-            log.info("inventory_listed", resource=self.resource, objects=len(listed.projections))
+            log.info("inventory_listed", resource=self.resource, objects=self._cache.count(self.kind))
             self._on_synced()
 
     async def run(self) -> None:
@@ -179,7 +179,7 @@ class Reflector:
                 if projection is None:
                     listed.skipped += 1
                 else:
-                    listed.projections[projection.key] = projection
+                    listed.projections.append(projection)
             listed.resource_version = page.resource_version
             continue_token = page.continue_token
             del page  # this page's parsed objects go before the next one arrives, not after

@@ -7,7 +7,7 @@ something changed since the last one (at most once per poll, however many events
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator
 
 from cachetools import TTLCache
 
@@ -28,7 +28,9 @@ class WatchCache:
         max_lingering: int = MAX_LINGERING,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._live: dict[str, dict[ObjectKey, Projection]] = {kind: {} for kind in KINDS}
+        # kind -> namespace -> name -> projection: keyed by strings the projections hold anyway, so that 50,000 pods
+        # cost no key record each.
+        self._live: dict[str, dict[str, dict[str, Projection]]] = {kind: {} for kind in KINDS}
         # A deleted pod's addresses still name it for a while: its connections outlive it in the kernel's table.
         self._grace = deleted_pod_grace_seconds
         self._lingering: TTLCache[ObjectKey, Projection] = TTLCache(
@@ -37,30 +39,42 @@ class WatchCache:
         self._inventory = Inventory()
         self._dirty = False
 
-    def replace(self, kind: str, projections: Mapping[ObjectKey, Projection]) -> None:
-        """A fresh list of one kind replaces everything known of it in one step. Pods that vanished since the
-        last list (deleted while the watch was down) linger like any deleted pod."""
-        previous = self._live[kind]
+    def replace(self, kind: str, projections: Iterable[Projection]) -> None:
+        """A fresh list of one kind replaces everything known of it in one step (of two projections of one object,
+        the later counts). Pods that vanished since the last list (deleted while the watch was down) linger like any
+        deleted pod."""
+        fresh: dict[str, dict[str, Projection]] = {}
+        for projection in projections:
+            fresh.setdefault(projection.owner.ns, {})[projection.owner.name] = projection
         if kind == POD:
-            for key, projection in previous.items():
-                if key not in projections:
-                    self._linger(projection)
-        for key in projections:
-            self._lingering.pop(key, None)
-        self._live[kind] = dict(projections)
+            for ns, named in self._live[kind].items():
+                listed = fresh.get(ns, {})
+                for name, projection in named.items():
+                    if name not in listed:
+                        self._linger(projection)
+        if self._lingering:
+            for named in fresh.values():
+                for projection in named.values():
+                    self._lingering.pop(projection.key, None)
+        self._live[kind] = fresh
         self._dirty = True
 
     def apply(self, event_type: str, projection: Projection) -> None:
         """One watch event: ADDED or MODIFIED sets the object's projection, DELETED drops it."""
-        key = projection.key
-        live = self._live[key.kind]
+        owner = projection.owner
+        live = self._live[projection.kind]
         if event_type == DELETED:
-            live.pop(key, None)
-            if key.kind == POD:
+            named = live.get(owner.ns)
+            if named is not None:
+                named.pop(owner.name, None)
+                if not named:
+                    del live[owner.ns]
+            if projection.kind == POD:
                 self._linger(projection)  # the event carries the pod's last state, IPs included
         else:
-            live[key] = projection
-            self._lingering.pop(key, None)  # a pod recreated under its old name is live again
+            live.setdefault(owner.ns, {})[owner.name] = projection
+            if self._lingering:
+                self._lingering.pop(projection.key, None)  # a pod recreated under its old name is live again
         self._dirty = True
 
     def inventory(self) -> Inventory:
@@ -68,12 +82,16 @@ class WatchCache:
         self._expire()
         if self._dirty:
             self._dirty = False
-            live = (projection for objects in self._live.values() for projection in objects.values())
-            self._inventory = inventory_from_projections(live, fallback=self._lingering.values())
+            self._inventory = inventory_from_projections(self._projections(), fallback=self._lingering.values())
         return self._inventory
 
     def count(self, kind: str) -> int:
-        return len(self._live[kind])
+        return sum(map(len, self._live[kind].values()))
+
+    def _projections(self) -> Iterator[Projection]:
+        for by_namespace in self._live.values():
+            for named in by_namespace.values():
+                yield from named.values()
 
     @property
     def lingering(self) -> int:
@@ -86,5 +104,5 @@ class WatchCache:
             self._dirty = True
 
     def _linger(self, projection: Projection) -> None:
-        if projection.claims and self._grace > 0:
+        if (projection.packed or projection.others) and self._grace > 0:
             self._lingering[projection.key] = projection

@@ -245,7 +245,7 @@ def test_long_names_are_capped_as_in_khan_connection() -> None:
 
 def test_deleted_pods_stop_counting_at_once_though_their_addresses_linger() -> None:
     cache = WatchCache(deleted_pod_grace_seconds=120)
-    projections = {p.key: p for p in map(project, replicas()) if p is not None and p.key.kind == "Pod"}
+    projections = [p for p in map(project, replicas()) if p is not None and p.kind == "Pod"]
     cache.replace("Pod", projections)
     assert declared_limits(cache.inventory(), WORKLOAD)[("pod", "shop", "db")] == 250
     gone = project(pod("db-7d4b9-ccccc", "50", ip="10.244.1.12", replica_set="db-7d4b9"))

@@ -351,7 +351,9 @@ async def main():
     transport = await connect(ApiConfig(sys.argv[1], "--kubeconfig"))
     await transport.close()
     generated = ("kubernetes_asyncio.client.models.", "kubernetes_asyncio.client.api.")
-    print(sum(m.startswith(generated) for m in sys.modules))
+    print(sum(m.startswith(generated) for m in sys.modules), sum(m.startswith("urllib3.") for m in sys.modules))
+    import urllib3  # registered unexecuted: its first use loads it whole
+    print(urllib3.util.make_headers(basic_auth="a:b"), urllib3.PoolManager.__name__)
     from kubernetes_asyncio.client import CoreV1Api  # a name the lean packages lack: their real __init__ runs
     import kubernetes_asyncio
     print(CoreV1Api.__name__, kubernetes_asyncio.client.models.V1Pod.__name__, kubernetes_asyncio.watch.Watch.__name__)
@@ -367,7 +369,8 @@ def test_the_transport_loads_no_generated_api_class_or_model_yet_the_library_sta
     run_ = subprocess.run(
         [sys.executable, "-c", LOADED, str(config.kubeconfig)], capture_output=True, text=True, check=True, cwd=root
     )
-    assert run_.stdout.split("\n")[:2] == ["0", "CoreV1Api V1Pod Watch"]
+    lines = run_.stdout.split("\n")
+    assert lines[:3] == ["0 0", "{'authorization': 'Basic YTpi'} PoolManager", "CoreV1Api V1Pod Watch"]
 
 
 def test_a_review_the_api_cannot_answer_is_a_review_error(tmp_path: Path) -> None:

@@ -60,8 +60,8 @@ def node(name: str, ip: str) -> Projection:
     )
 
 
-def keyed(*projections: Projection) -> dict[Any, Projection]:
-    return {projection.key: projection for projection in projections}
+def keyed(*projections: Projection) -> list[Projection]:
+    return list(projections)
 
 
 def name_at(inventory: Inventory, address: str) -> Owner:
