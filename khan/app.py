@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 
+from khan.allocator import return_large_blocks
 from khan.attribution.labels import label_policy
 from khan.conntrack.events import EventReader, EventStats
 from khan.conntrack.namespace import NamespaceError, entered
@@ -395,6 +396,7 @@ def _read_sysctl(path: str) -> int | None:
 
 def run_agent(settings: Settings) -> None:
     deadline = ExitDeadline(SHUTDOWN_DEADLINE_SECONDS)
+    return_large_blocks()  # each poll's big dicts go back to the system when freed (allocator.py)
 
     async def main() -> None:
         agent = Agent(settings)
