@@ -100,6 +100,8 @@ def generate(ip: str, port: int, rate: float, seconds: float) -> None:
     millisecond it starts what is due by then (catching up if it fell behind), and closes each socket as soon as
     its handshake completed. Prints "go" when it starts and a JSON summary at the end."""
     total = round(rate * seconds)
+    # Each handshake under way holds a file: at the file limit the generator waits too, rather than fail (EMFILE).
+    max_in_flight = min(MAX_IN_FLIGHT, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 64)
     address = (ip, port)
     poller = select.epoll()
     in_flight: dict[int, socket.socket] = {}
@@ -129,7 +131,7 @@ def generate(ip: str, port: int, rate: float, seconds: float) -> None:
         due = min(total, int((now - t0) * rate) + 1)
         if due - started > 1:
             max_lag = max(max_lag, (due - started - 1) / rate)
-        while started < due and len(in_flight) < MAX_IN_FLIGHT:
+        while started < due and len(in_flight) < max_in_flight:
             sock = new_socket(socket.AF_INET, kind)
             code = sock.connect_ex(address)
             started += 1
