@@ -5,6 +5,8 @@ messages), so the tests compare khan's counters with what the kernel itself repo
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
 import re
 import socket
 import subprocess
@@ -17,6 +19,9 @@ from khan.conntrack.namespace import entered
 from tests.support.kube_cluster import stop_process
 
 RECORDER_BUFFER_BYTES = 64 * 1024 * 1024  # far beyond any test's burst: the witness itself must lose nothing
+SO_RCVBUFFORCE = 33  # SOL_SOCKET: a buffer beyond net.core.rmem_max (root)
+SOL_NETLINK, NETLINK_LIST_MEMBERSHIPS = 270, 9
+PIDFD_GETFD = 438  # the syscall's number on every architecture (Linux 5.6+)
 _EVENT = re.compile(r"^\[(\d+\.\d+)\]\s+\[(NEW|DESTROY)\]\s+ipv[46]\s+\d+\s+(\w+)\s+(\d+)\s")
 _ADDRESSES = re.compile(r"\bsrc=(\S+) dst=(\S+)")
 _PORTS = re.compile(r"\bsport=(\d+) dport=(\d+)")
@@ -116,6 +121,41 @@ class Recording:
             return list(self._notices)
 
 
+def _enlarge_event_socket(pid: int) -> int:
+    """Give the tool's event socket the recorder's buffer; returns the size the kernel set.
+
+    conntrack 1.4.7 (Debian bookworm's) applies `-b` to its request socket, not to the one it reads events from,
+    which keeps net.core.rmem_default (208 KiB here: ~160 events of ~1.3 KB). A dump that evicts a few hundred
+    expired entries sends their DESTROY events in one burst; when the tool is not scheduled in that instant the
+    kernel drops the excess (ENOBUFS). So the socket is resized from here, through a duplicate of the tool's
+    descriptor (pidfd_getfd): one socket, two descriptors, and ours is closed at once."""
+    with open(f"/proc/{pid}/comm") as comm:
+        assert comm.read().strip() == "conntrack", "`ip netns exec` and `stdbuf` exec the tool in their own process"
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    sizes = []
+    try:
+        for name in os.listdir(f"/proc/{pid}/fd"):
+            if not os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
+                continue
+            fd = libc.syscall(PIDFD_GETFD, pidfd, int(name), 0)
+            if fd < 0:
+                code = ctypes.get_errno()
+                raise OSError(code, f"pidfd_getfd: {os.strerror(code)}")
+            with socket.socket(fileno=fd) as sock:
+                if sock.family != socket.AF_NETLINK:
+                    continue
+                groups = int.from_bytes(sock.getsockopt(SOL_NETLINK, NETLINK_LIST_MEMBERSHIPS, 4), "little")
+                if groups == 0:  # the request socket
+                    continue
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECORDER_BUFFER_BYTES)
+                sizes.append(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+    finally:
+        os.close(pidfd)
+    assert len(sizes) == 1, f"conntrack -E holds {len(sizes)} subscribed sockets"
+    return sizes[0]
+
+
 MARKER_PORT = 9  # discard: nothing listens, the datagram still makes an entry (and its NEW event)
 
 
@@ -145,6 +185,8 @@ def recording(netns: str) -> Iterator[Recording]:
             assert time.monotonic() < deadline, f"conntrack -E recorded nothing: {witness.notices()}"
             markers.add(_mark(netns))  # a new entry each time: one made before the subscription has no event
             time.sleep(0.05)
+        buffer = _enlarge_event_socket(process.pid)
+        assert buffer >= RECORDER_BUFFER_BYTES, f"the witness's event socket has {buffer} bytes of buffer"
         # The markers go at once. With nf_conntrack_events=2 (the default since Linux 5.19) an entry made while
         # nobody listened never sends events, so a marker made before the subscription would later leave the
         # table silently, and an agent started meanwhile would count it as vanished.
