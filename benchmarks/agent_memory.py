@@ -24,8 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support and benchmarks
 
 from benchmarks import inventory_scale as scale
+from benchmarks.proc_stats import status_mib
 from khan.conntrack.namespace import entered
-from tests.support.kube_cluster import KHAN_USER, running_cluster
+from tests.support.kube_cluster import KHAN_USER
 from tests.support.table_fill import FILL_DESTINATIONS, FILL_SOURCES, fill_udp_flows, table_namespace
 
 FLOWS = 262_144
@@ -34,7 +35,6 @@ POLLS = 3
 INTERVAL = "8"  # seconds: a dump of the full table takes 1 to 3, and RSS is read between two polls
 SETTLE = 1.5  # seconds after a poll is counted: its rendering is done, the next dump not begun
 NETNS = f"khanmem{os.getpid()}"
-ADVERTISE = "10.255.255.1"
 PORT = 9987
 HERE = Path(__file__).resolve().parent.parent
 Tree = tuple[Path, dict[str, str]]  # a khan source tree, and environment variables for its agents
@@ -86,13 +86,6 @@ def metric(text: str, name: str) -> float:
     return 0.0
 
 
-def status_mb(pid: int, field: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise SystemExit(f"no {field}")
-
-
 def agent(tree: Tree, source: list[str]) -> tuple[float, float, float, float]:
     """(RSS once ready, RSS after POLLS polls, VmHWM then, tracked entries) of one agent of `tree`."""
     path, extra = tree
@@ -107,12 +100,12 @@ def agent(tree: Tree, source: list[str]) -> tuple[float, float, float, float]:
             if process.poll() is not None:
                 raise SystemExit(f"agent exited with {process.returncode}")
             if ready_rss is None and get("/readyz")[0] == 200:
-                ready_rss = status_mb(process.pid, "VmRSS")
+                ready_rss = status_mib(process.pid, "VmRSS")
             if ready_rss is not None:
                 text = get("/metrics")[1]
                 if metric(text, "khan_polls_total") >= POLLS:
                     time.sleep(SETTLE)
-                    rss, hwm = status_mb(process.pid, "VmRSS"), status_mb(process.pid, "VmHWM")
+                    rss, hwm = status_mib(process.pid, "VmRSS"), status_mib(process.pid, "VmHWM")
                     return ready_rss, rss, hwm, metric(text, "khan_tracked_entries")
             time.sleep(0.2)
         raise SystemExit("agent did not poll in time")
@@ -155,9 +148,7 @@ def main() -> None:
         raise SystemExit("the benchmark needs root (it builds a network namespace)")
     with table_namespace(NETNS), tempfile.TemporaryDirectory(prefix="khan-mem-", dir="/dev/shm") as workdir:
         if args.api:  # first on an empty table (the inventory alone), then on the full one
-            subprocess.run(["ip", "-n", NETNS, "addr", "add", f"{ADVERTISE}/32", "dev", "lo"], check=True)
-            with running_cluster(NETNS, ADVERTISE, workdir=Path(workdir)) as cluster:
-                cluster.apply_files([scale.DEPLOY / f"{name}.yaml" for name in scale.RBAC])
+            with scale.khan_cluster(NETNS, Path(workdir)) as cluster:
                 kubeconfig = cluster.kubeconfig(KHAN_USER, Path(workdir) / "kubeconfig")
                 with entered(NETNS):
                     asyncio.run(scale.populate(cluster))

@@ -48,6 +48,9 @@ from typing import Any, TextIO
 
 from prometheus_client.parser import text_string_to_metric_families
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for benchmarks.proc_stats
+
+from benchmarks.proc_stats import cpu_seconds, status_mib
 from khan.demo.inventory import write_inventory
 from khan.demo.lab import Lab
 from khan.demo.namespaces import private_prefix
@@ -60,7 +63,6 @@ CPU_TARGET_PERCENT = 10.0
 COUNTED_TARGET = 0.999
 TICK_SECONDS = 0.001  # the generator starts what is due every millisecond (2 connections a tick at 2,000/s)
 MAX_IN_FLIGHT = 20_000  # handshakes not yet complete: beyond this the generator waits (the server is stuck)
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # -- the two helpers, each a process inside a lab namespace (`ip netns exec`) ------------------------------------
@@ -205,20 +207,6 @@ def total(exposition: str, name: str, **wanted: str) -> float:
     return found
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of every thread of a process."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()  # fields[0] is field 3 (state); utime and stime are 14 and 15
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def machine_busy() -> tuple[int, int]:
     """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
@@ -359,7 +347,7 @@ def one_run(lab: Lab, inventory: Path, workdir: Path, args: argparse.Namespace, 
                 raise SystemExit("the agent did not poll after the load")
             time.sleep(0.5)
         flush_wait = time.monotonic() - flush_started
-        rss = rss_mb(agent.pid)
+        rss = status_mib(agent.pid)
         server.terminate()
         counts = json.loads(read_line(server.stdout, "server"))
         server.wait(10)

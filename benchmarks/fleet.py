@@ -40,6 +40,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support
 
+from benchmarks.proc_stats import cpu_seconds, status_mib
 from khan.conntrack.namespace import entered
 from khan.demo.namespaces import NETNS_DIR, delete_netns, run_setup
 from tests.support.exposition import KHAN
@@ -48,7 +49,6 @@ from tests.support.kube_cluster import stop_process
 NETNS = f"khanfleet{os.getpid()}"
 AGENT_PORT, PROMETHEUS_PORT, TARGET_PORT = 9986, 9090, 9986
 RESULTS = Path(__file__).parent / "results"
-HZ = os.sysconf("SC_CLK_TCK")
 CONNECTION_FAMILIES = ("khan_connection", "khan_connections_opened", "khan_flow_bytes", "khan_service_transactions")
 
 # -- the typical node ----------------------------------------------------------------------------------------------
@@ -397,18 +397,6 @@ def target_address(index: int) -> str:
     return f"127.{1 + index // 62_500}.{index // 250 % 250}.{1 + index % 250}"
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / HZ
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def own_metric(name: str) -> float:
     """One of Prometheus's own metrics, summed over its label sets, read from its /metrics (no self-scrape job to
     add series of its own)."""
@@ -467,7 +455,7 @@ def prometheus_run(workdir: Path, targets: int, interval: int, seconds: int, lim
             "head_series": own_metric("prometheus_tsdb_head_series"),
             "samples_per_s": (appended1 - appended0) / (t1 - t0),
             "cpu_share": (cpu1 - cpu0) / (t1 - t0),
-            "rss_mb": rss_mb(process.pid),
+            "rss_mb": status_mib(process.pid),
             "scrape_s": query('avg(scrape_duration_seconds{job="khan"})'),
         }
     finally:

@@ -24,7 +24,6 @@ import os
 import re
 import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,34 +35,21 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support
 
-from benchmarks.inventory_scale import node_object, pod_objects, send_object, service_object
+from benchmarks.inventory_scale import khan_cluster, node_object, pod_objects, send_object, service_object
+from benchmarks.proc_stats import cpu_seconds, status_mib
 from khan.conntrack.namespace import entered
-from tests.support.kube_cluster import ADMIN, DEPLOY, KHAN_USER, Cluster, object_path, running_cluster
+from tests.support.kube_cluster import ADMIN, KHAN_USER, Cluster, object_path
 from tests.support.table_fill import table_namespace
 
 NETNS = f"khanfleet{os.getpid()}"
-ADVERTISE = "10.255.255.1"
 RESOURCES = ("pods", "services", "nodes")
 LIST_PATHS = {"pods": "/api/v1/pods", "services": "/api/v1/services", "nodes": "/api/v1/nodes"}
 PAGE_SIZE = 500  # khan's (reflector.PAGE_SIZE)
 WATCH_TIMEOUT = 300  # khan's --watch-timeout default; streams outlive every step here
 RESULTS = Path(__file__).parent / "results"
-HZ = os.sysconf("SC_CLK_TCK")
 
 
 # -- the API server process ------------------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / HZ  # utime + stime
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 # -- one simulated agent -----------------------------------------------------------------------------------------
@@ -193,7 +179,7 @@ async def list_storm(cluster: Cluster, pid: int, agents: int) -> dict[str, float
         "max_s": max(waits),
         "wall_s": wall,
         "server_cpu_s": cpu,
-        "server_rss_mb": rss_mb(pid),
+        "server_rss_mb": status_mib(pid),
         "bytes_per_agent": answers[0][1],
         "refused_429": REFUSED[0],
     }
@@ -240,7 +226,7 @@ async def fan_out(
             cpu0 = cpu_seconds(pid)
             await asyncio.sleep(10)
             idle_cpu = (cpu_seconds(pid) - cpu0) / 10
-            idle_rss = rss_mb(pid)
+            idle_rss = status_mib(pid)
             # The burst: `changes` pods changed one after another; every agent must see each once.
             for agent in agents:
                 agent.pod_arrivals.clear()
@@ -354,7 +340,7 @@ async def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
     await populate_objects(cluster, pods, args.services, args.nodes)
     populated = time.perf_counter() - began
     await asyncio.sleep(2)
-    baseline_rss = rss_mb(pid)
+    baseline_rss = status_mib(pid)
     cpu0 = cpu_seconds(pid)
     await asyncio.sleep(5)
     baseline_cpu = (cpu_seconds(pid) - cpu0) / 5
@@ -416,20 +402,18 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("the benchmark needs root (it builds a network namespace)")
-    with table_namespace(NETNS), tempfile.TemporaryDirectory(prefix="khan-fleet-", dir="/dev/shm") as workdir:
-        subprocess.run(["ip", "-n", NETNS, "addr", "add", f"{ADVERTISE}/32", "dev", "lo"], check=True)
-        with running_cluster(NETNS, ADVERTISE, workdir=Path(workdir)) as cluster:
-            cluster.apply_files([DEPLOY / f"{name}.yaml" for name in RBAC])
-            with entered(NETNS):
-                result = asyncio.run(run(cluster, args))
+    with (
+        table_namespace(NETNS),
+        tempfile.TemporaryDirectory(prefix="khan-fleet-", dir="/dev/shm") as workdir,
+        khan_cluster(NETNS, Path(workdir)) as cluster,
+        entered(NETNS),
+    ):
+        result = asyncio.run(run(cluster, args))
     text = report(result)
     print(text)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "fleet_api.md").write_text(text + "\n")
     (RESULTS / "fleet_api.json").write_text(json.dumps(result, indent=1) + "\n")
-
-
-RBAC = ("namespace", "serviceaccount", "clusterrole", "clusterrolebinding")
 
 
 if __name__ == "__main__":

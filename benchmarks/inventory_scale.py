@@ -10,6 +10,7 @@ Run as root, after `make apiserver`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -22,6 +23,7 @@ import time
 import tracemalloc
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support.kube_cluster
 
+from benchmarks.proc_stats import status_mib
 from khan.conntrack.namespace import entered
 from khan.inventory.api_config import ApiConfig
 from tests.support.kube_cluster import ADMIN, KHAN_USER, Cluster, object_path, running_cluster
@@ -204,20 +207,12 @@ def agent_start(cluster: Cluster, kubeconfig: Path) -> tuple[float, float, float
             time.sleep(0.05)
         else:
             raise SystemExit("agent not ready within 120 s")
-        rss = rss_mb(process.pid)
+        rss = status_mib(process.pid)
         addresses = metric(get("/metrics")[1], "khan_inventory_addresses")
         return ready, rss, addresses
     finally:
         process.terminate()
         process.wait(timeout=15)
-
-
-def rss_mb(pid: int) -> float:
-    """RSS of the agent: `ip netns exec` execs python directly, so the pid is the agent's."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise SystemExit("no VmRSS")
 
 
 def get(path: str, netns: str = NETNS, port: int = AGENT_PORT) -> tuple[int, str]:
@@ -270,19 +265,30 @@ def measure(cluster: Cluster, kubeconfig: Path) -> list[tuple[float, float, floa
     return [agent_start(cluster, kubeconfig) for _ in range(RUNS)]
 
 
+@contextlib.contextmanager
+def khan_cluster(netns: str, workdir: Path) -> Iterator[Cluster]:
+    """etcd and kube-apiserver inside `netns` (a namespace the caller made), at ADVERTISE there, with khan's
+    namespace, ServiceAccount and RBAC applied; stopped whatever happens."""
+    subprocess.run(["ip", "-n", netns, "addr", "add", f"{ADVERTISE}/32", "dev", "lo"], check=True)
+    with running_cluster(netns, ADVERTISE, workdir=workdir) as cluster:
+        cluster.apply_files([DEPLOY / f"{name}.yaml" for name in RBAC])
+        yield cluster
+
+
 def main() -> None:
     if os.geteuid() != 0:
         raise SystemExit("the benchmark needs root (it builds a network namespace)")
-    with table_namespace(NETNS), tempfile.TemporaryDirectory(prefix="khan-bench-", dir="/dev/shm") as workdir:
-        subprocess.run(["ip", "-n", NETNS, "addr", "add", f"{ADVERTISE}/32", "dev", "lo"], check=True)
-        with running_cluster(NETNS, ADVERTISE, workdir=Path(workdir)) as cluster:
-            cluster.apply_files([DEPLOY / f"{name}.yaml" for name in RBAC])
-            kubeconfig = cluster.kubeconfig(KHAN_USER, Path(workdir) / "kubeconfig")
-            empty = measure(cluster, kubeconfig)
-            with entered(NETNS):
-                populate_seconds = asyncio.run(populate(cluster))
-            full = measure(cluster, kubeconfig)
-            held, peak, rebuild, addresses = index_memory(kubeconfig)
+    with (
+        table_namespace(NETNS),
+        tempfile.TemporaryDirectory(prefix="khan-bench-", dir="/dev/shm") as workdir,
+        khan_cluster(NETNS, Path(workdir)) as cluster,
+    ):
+        kubeconfig = cluster.kubeconfig(KHAN_USER, Path(workdir) / "kubeconfig")
+        empty = measure(cluster, kubeconfig)
+        with entered(NETNS):
+            populate_seconds = asyncio.run(populate(cluster))
+        full = measure(cluster, kubeconfig)
+        held, peak, rebuild, addresses = index_memory(kubeconfig)
     report(empty, full, populate_seconds, held, peak, rebuild, addresses)
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support.table_fill
 
 import khan
+from benchmarks.proc_stats import status_mib
 from khan.attribution.labels import LabelPolicy
 from khan.conntrack.events import EventReader
 from khan.counting.counters import Counting
@@ -78,13 +79,6 @@ def counted(exposition: bytes) -> int:
     return int(total)
 
 
-def vm_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 @dataclass
 class CountingPolls:
     baseline_seconds: float  # the first poll: every entry is new to the tracker and becomes its baseline
@@ -111,7 +105,7 @@ def poll_counting(
 
 def counting_polls(inventory: Inventory) -> CountingPolls:
     gc.collect()
-    rss_before = vm_rss_mb()
+    rss_before = status_mib("self")
     maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     counting = Counting(max_series=MAX_SERIES, ttl_seconds=TTL_SECONDS)
     baseline, _, _ = poll_counting(inventory, counting)
@@ -121,7 +115,7 @@ def counting_polls(inventory: Inventory) -> CountingPolls:
         seconds, opened, series = poll_counting(inventory, counting)
         steady.append(seconds)
     gc.collect()
-    rss_growth = vm_rss_mb() - rss_before
+    rss_growth = status_mib("self") - rss_before
     maxrss_growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - maxrss_before
     tracked = len(counting.tracker)
     del counting
