@@ -335,10 +335,11 @@ def one_run(lab: Lab, inventory: Path, workdir: Path, args: argparse.Namespace, 
         if events:
             seen = -1.0
             for _ in range(30):
-                new = total(http_get(base + "/metrics")[1], "khan_events_total", type="new")
-                if new == seen:
+                # DESTROY events: NEW events stop once the agent has its baseline (events.py).
+                received = total(http_get(base + "/metrics")[1], "khan_events_total", type="destroy")
+                if received == seen:
                     break
-                seen = new
+                seen = received
                 time.sleep(1.0)
         polls = total(http_get(base + "/metrics")[1], "khan_polls_total")
         deadline = time.monotonic() + args.interval + 15

@@ -323,6 +323,8 @@ class Agent:
             log.exception("poll_crashed", error=repr(exc))
             return
         self.health = health.after(result)
+        if self.events is not None and self.events.openings and self.counting.tracker.baseline_done:
+            await asyncio.to_thread(self._stop_opening_events, self.events)
         accounting = result.table.accounting if result.table is not None else None
         if accounting is False and self._accounting is not False:
             log.warning(
@@ -342,6 +344,12 @@ class Agent:
             series=len(result.connections),
             duration_seconds=round(result.duration_seconds, 3),
         )
+
+    def _stop_opening_events(self, reader: EventReader) -> None:
+        """With the baseline taken, a dump or a DESTROY counts every connection: NEW events are half the events for
+        nothing (see events.py)."""
+        if self.counting.tracker.stop_openings(reader.stop_openings):
+            log.info("events_new_unsubscribed", counting="dumps and DESTROY events")
 
     def _event_stats(self) -> EventStats | None:
         return self.events.stats if self.events is not None else None

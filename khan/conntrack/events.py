@@ -2,6 +2,11 @@
 connection that opens and closes between two polls is still counted, and its final byte counters arrive with
 its DESTROY event.
 
+Once the tracker has its baseline (a complete dump), NEW events say nothing that a dump or a DESTROY will not say
+in time: every connection that opened since the last dump either is still in the table at the next dump or sends
+a DESTROY, with its tuple and final counters, when it leaves. The owner then unsubscribes from NEW
+(`stop_openings`): half the events to receive, decode and count under churn, and the kernel stops building them.
+
 Subscribing needs CAP_NET_ADMIN in the table's namespace; without it khan counts from dumps alone. Events are
 best effort: when the socket's buffer is full the kernel drops them and the next read fails with ENOBUFS. The
 reader counts that, and its owner resynchronises from a dump. The kernel's own count of dropped messages is read
@@ -11,6 +16,7 @@ from the socket (SO_MEMINFO), so the losses are exact.
 from __future__ import annotations
 
 import errno
+import os
 import select
 import socket
 import struct
@@ -36,6 +42,8 @@ NFNLGRP_CONNTRACK_DESTROY = 3
 EVENT_GROUPS = (1 << (NFNLGRP_CONNTRACK_NEW - 1)) | (1 << (NFNLGRP_CONNTRACK_DESTROY - 1))
 SO_RCVBUFFORCE = 33  # with CAP_NET_ADMIN: a buffer beyond net.core.rmem_max, which khan never changes
 SO_MEMINFO = 55
+SOL_NETLINK = 270
+NETLINK_DROP_MEMBERSHIP = 2
 SK_MEMINFO_DROPS = 8
 RECEIVE_BYTES = 64 * 1024
 BATCH_MESSAGES = 4096  # events handed over at once, at most
@@ -149,6 +157,7 @@ class EventReader:
         self._queue_bytes = buffer_bytes  # the socket's buffer as the kernel sized it (set at start)
         self._overflow_pending = False  # ENOBUFS seen, the queue not yet read empty: the kernel is still dropping
         self._errors = RateLimiter(period=60.0)  # a poll catches up before every batch: an error would repeat
+        self.openings = True  # subscribed to NEW events (until stop_openings)
 
     def start(self) -> None:
         """Subscribe (in the reader's namespace) and start reading. Raises ConntrackError if not permitted."""
@@ -175,6 +184,21 @@ class EventReader:
         finally:
             if locked:
                 self._reading.release()
+
+    def stop_openings(self) -> bool:
+        """Unsubscribe from NEW events; DESTROY events go on. NEW events already queued are still handed over, in
+        order. Whether NEW events are off; False (logged) if the socket is closed or the kernel refused: NEW events
+        then go on, and are counted as before."""
+        with self._reading:
+            if self._sock is None or not self.openings:
+                return not self.openings
+            try:
+                self._sock.setsockopt(SOL_NETLINK, NETLINK_DROP_MEMBERSHIP, NFNLGRP_CONNTRACK_NEW)
+            except OSError as exc:
+                log.warning("events_new_unsubscribe_failed", error=os.strerror(exc.errno or 0), effect="they go on")
+                return False
+            self.openings = False
+            return True
 
     def catch_up(self) -> None:
         """Hand over every event queued so far, from the calling thread. Stops once the queue is empty, or after

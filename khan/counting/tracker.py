@@ -13,6 +13,11 @@ received batch, and again before `end_dump`. The tracker then only has to handle
 the batch they are applied before: after a DESTROY or a NEW during a dump, its copy of that identity may be stale,
 and the next look counts. A NEW goes out just after its entry is made, so a dump may count a connection first.
 
+Openings: while NEW events come, a NEW counts its connection. Once the baseline is taken the event reader stops
+them (`stop_openings`): a connection that opened since the last dump is then counted by the next dump if it is
+still in the table, or else by its DESTROY, which carries its tuple and final counters. An unknown DESTROY after
+the baseline is such a connection; before it, one made before khan listened (nothing of it is counted).
+
 Identity: the kernel's conntrack id is 32 bits (a hash of the entry's address and original tuple), so among a few
 hundred thousand live entries some share one; the ports are folded in to keep those apart (`sport << 48 | dport << 32
 | id`: the integer of those fields' bytes as the kernel writes them, which runs.py reads without Python code). An id
@@ -25,7 +30,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import compress, repeat
 from operator import and_, attrgetter, eq, not_
@@ -102,6 +107,7 @@ class ConnectionTracker:
         # skipped, reaped later by the collector): it settles the last bytes here instead of counting as unknown.
         self._vanished: dict[int, Record] = {}
         self._baseline_done = False
+        self._openings_from_events = True  # NEW events come; see `stop_openings`
         # Events were lost and no complete dump has begun since the loss ended: a DESTROY of an unknown entry may
         # then be a connection whose NEW was lost. Otherwise it is one that predates khan.
         self._lossy = False
@@ -137,6 +143,27 @@ class ConnectionTracker:
     def heaviest(self) -> list[HeavyFlow]:
         """The heaviest current connections of the last dump, heaviest first."""
         return self._heaviest.current
+
+    @property
+    def baseline_done(self) -> bool:
+        """A complete dump has been read: every entry made before khan listened is known."""
+        return self._baseline_done
+
+    def stop_openings(self, unsubscribe: Callable[[], bool]) -> bool:
+        """Stop NEW events once the baseline is taken: `unsubscribe` (the event reader's) ends them and says whether
+        it could. From then on an unknown DESTROY is a connection opened since the last dump, counted with its final
+        bytes, and a dump that finds a new entry is not recovering a lost NEW. The tracker is told before the kernel
+        (and told back if it refused), so that no DESTROY is misread meanwhile; NEW events already queued are
+        handled as before, told apart from what the last dump found."""
+        if not self._baseline_done:
+            return False
+        with self.lock:
+            self._openings_from_events = False
+        if unsubscribe():
+            return True
+        with self.lock:
+            self._openings_from_events = True
+        return False
 
     def take(self) -> Deltas:
         """The deltas since the last take; the tracker starts a new set."""
@@ -219,8 +246,10 @@ class ConnectionTracker:
         live_pop = self._live.pop
         changed = self._changed_during
         counting = self._baseline_done
-        lossy = self._lossy
-        found = self._found_by_dump
+        # A dump's new entry may be followed by its NEW, or have lost it, only while NEW events come.
+        openings = self._openings_from_events
+        lossy = self._lossy and openings
+        found = self._found_by_dump if openings else None
         deltas = self._deltas
         count_opened = deltas.count_opened
         sent_deltas, received_deltas = deltas.sent, deltas.received
@@ -249,7 +278,7 @@ class ConnectionTracker:
                 dumping[ident] = counters | stamp
                 if counting:
                     count_opened(flow, sent, received)
-                    if len(found) < FOUND_KEPT:
+                    if found is not None and len(found) < FOUND_KEPT:
                         found.add(ident)
                     if lossy:  # its NEW event was among the lost ones (or is still to come)
                         self.totals.recovered += 1
@@ -286,7 +315,7 @@ class ConnectionTracker:
             self._silently_gone += 1
         self._dumping[ident] = record(flow.orig_bytes, flow.reply_bytes, now)
         self._deltas.count_opened(flow, flow.orig_bytes, flow.reply_bytes)
-        if len(self._found_by_dump) < FOUND_KEPT:
+        if self._openings_from_events and len(self._found_by_dump) < FOUND_KEPT:
             self._found_by_dump.add(ident)
 
     def end_dump(self, complete: bool) -> None:
@@ -348,14 +377,18 @@ class ConnectionTracker:
             totals.possibly_missed = None
             return
         unexplained = self._dropped - (totals.recovered - self._late_news) - self._silently_gone
-        totals.possibly_missed = max(totals.possibly_missed, (unexplained + 1) // 2)
+        # While NEW events came, a connection missed lost two; once they stopped, only its DESTROY (a bound either
+        # way: counting every drop as a connection covers the pairs lost before).
+        missed = (unexplained + 1) // 2 if self._openings_from_events else unexplained
+        totals.possibly_missed = max(totals.possibly_missed, missed)
 
     # Events.
 
     def observe_events(self, events: Iterable[Event], now: int) -> None:
         """In arrival order: NEW events count openings (they carry no counters); DESTROY events settle an
-        entry's last bytes. This runs once per event (two per connection under churn): the common cases, a NEW of
-        an identity not held and a DESTROY of one held, stay in this loop; the rest go to `_on_new`."""
+        entry's last bytes, or count a connection no dump saw (see the module's Openings). This runs once per
+        event: the common cases, a NEW of an identity not held and a DESTROY, stay in this loop; the rest go to
+        `_on_new`."""
         with self.lock:
             live, vanished = self._live, self._vanished
             during = self._dumping is not None  # a dump is under way: its records so far, and what events changed
@@ -365,6 +398,10 @@ class ConnectionTracker:
             count_opened, add_bytes = deltas.count_opened, deltas.add_bytes
             stamp = now << FIRST_SEEN_SHIFT
             ident_fields = _IDENTITY_FIELDS
+            # An unknown DESTROY is a connection to count: one opened since the last dump once NEW events stopped,
+            # one whose NEW was lost while they came. Before the baseline, one made before khan listened.
+            unknown_counts = self._baseline_done and (self._lossy or not self._openings_from_events)
+            recovering = self._openings_from_events
             for opened, flow in events:
                 ct_id, sport, dport = ident_fields(flow)
                 ident = sport << 48 | dport << 32 | ct_id
@@ -390,13 +427,28 @@ class ConnectionTracker:
                     self._recent_gone.append(ident)
                 sent, received = flow.orig_bytes, flow.reply_bytes
                 if seen is None:
-                    if self._lossy and self._baseline_done:  # its NEW event was among the lost ones
-                        self.totals.recovered += 1
+                    if unknown_counts:
+                        if recovering:  # its NEW event was among the lost ones
+                            self.totals.recovered += 1
                         count_opened(flow, sent, received)
                     continue
                 sent_before, received_before = seen >> SENT_SHIFT & COUNTER, seen & COUNTER
-                if sent >= sent_before and received >= received_before:  # lower: accounting off, or counters never had
+                if sent >= sent_before and received >= received_before:
                     add_bytes(pair_key(flow), sent - sent_before, received - received_before)
+                else:
+                    self._reused_destroyed(flow, seen)
+
+    def _reused_destroyed(self, flow: Flow, seen: Record) -> None:
+        """A DESTROY whose counters are lower than its record's: the identity came back for a new connection, whose
+        NEW khan did not see (stopped, or lost), after the old one left without a DESTROY (it was made before khan
+        listened, or its DESTROY was lost). The new one is counted here, with its final bytes."""
+        self.totals.reused += 1
+        self.totals.vanished += 1
+        if first_seen_of(seen) > self._baseline_second:
+            self._silently_gone += 1
+        if self._openings_from_events:  # its NEW was among the lost ones
+            self.totals.recovered += 1
+        self._deltas.count_opened(flow, flow.orig_bytes, flow.reply_bytes)
 
     def _on_new(self, flow: Flow, ident: int, now: int) -> None:
         """A NEW of an identity held already (in the records, or in the dump under way)."""

@@ -1,6 +1,11 @@
 """An event storm that overflows the agent's event socket: the losses are counted (ENOBUFS and the kernel's own
 drop count), a dump resynchronises the state, every connection of the storm is still counted exactly once, no
-counter ever goes backwards, and the agent stays up and ready."""
+counter ever goes backwards, and the agent stays up and ready.
+
+With its baseline taken the agent hears DESTROY events alone, so the storm is one of DESTROYs: connections a dump
+has counted are reset while the agent is paused, their entries expire (node1's CLOSE timeout is 1 s) and another
+program's dump evicts them, hundreds of DESTROYs into a socket that holds a handful. Connections opened meanwhile
+send nothing (no NEW events); a dump finds them."""
 
 from __future__ import annotations
 
@@ -19,11 +24,14 @@ from tests.support.exposition import samples
 from tests.support.kube_agent import RunningAgent
 from tests.support.lab_agent import file_agent, total
 from tests.support.lab_sockets import connect, holding_server
+from tests.support.netns import run_in
+from tests.support.scripted_traffic import close
 
 SHORT, LONG = 300, 20
 STORM_PORT = 8090
 # The smallest buffer the flag takes (the kernel doubles it): a handful of events fit, the storm's hundreds do not.
 TINY_BUFFER = "4096"
+INTERVAL = 5  # a dump counts the connections to reset; the resync dump comes at once after the loss either way
 
 
 @pytest.fixture
@@ -32,8 +40,9 @@ def stormed(tmp_path: Path) -> Iterator[tuple[Lab, RunningAgent]]:
     with Lab.create(prefix=private_prefix("khanstorm")) as lab:
         start_demo_traffic(lab)
         write_inventory(inventory)
+        run_in(lab, "node1", ["sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_timeout_close=1"], check=True)
         extra = ["--event-buffer", TINY_BUFFER]
-        with file_agent(lab.netns("node1"), inventory, "node1", tmp_path, interval=30, extra=extra) as agent:
+        with file_agent(lab.netns("node1"), inventory, "node1", tmp_path, interval=INTERVAL, extra=extra) as agent:
             agent.wait_ready()
             yield lab, agent
 
@@ -66,26 +75,30 @@ def test_lost_events_are_counted_and_a_dump_recovers_every_connection(stormed: t
             scrapes[0] += 1
             time.sleep(0.1)
 
+    def opened(dst_name: str) -> float:
+        return total(agent.metrics(), "khan_connections_opened_total", dst_name=dst_name, dst_port=str(STORM_PORT))
+
     watcher = threading.Thread(target=watch)
     watcher.start()
+    held = []
     try:
-        agent.pause()  # the socket fills while the agent reads nothing
         with (
             holding_server(lab, "pod-b", "10.244.1.11", STORM_PORT),
             holding_server(lab, "pod-c", "10.244.2.10", STORM_PORT),
         ):
-            held = []
-            for _ in range(SHORT):
-                connect(lab, "pod-a", "10.244.1.11", STORM_PORT).close()
+            short = [connect(lab, "pod-a", "10.244.1.11", STORM_PORT) for _ in range(SHORT)]
+            agent.wait_until(lambda: opened("pod-b") == SHORT, 3 * INTERVAL, f"{SHORT} connections found by a dump")
+            agent.pause()  # the socket fills while the agent reads nothing
+            for sock in short:
+                close(sock, reset=True)
             for _ in range(LONG):
                 held.append(connect(lab, "pod-a", "10.244.2.10", STORM_PORT))  # left open
+            time.sleep(1.3)  # the reset entries expire; a dump by another program evicts them: the DESTROYs go out
+            run_in(lab, "node1", ["conntrack", "-L"], capture_output=True, check=True)
             agent.resume()
 
             def recovered() -> bool:
-                text = agent.metrics()
-                short = total(text, "khan_connections_opened_total", dst_name="pod-b", dst_port=str(STORM_PORT))
-                long = total(text, "khan_connections_opened_total", dst_name="pod-c", dst_port=str(STORM_PORT))
-                return (short, long) == (SHORT, LONG)
+                return (opened("pod-b"), opened("pod-c")) == (SHORT, LONG)
 
             agent.wait_until(recovered, 15, f"{SHORT} + {LONG} storm connections counted after the resync")
             for sock in held:

@@ -468,3 +468,93 @@ def test_a_reopened_entry_read_by_a_dump_just_after_the_reopening_counts_once_wi
     assert sum(first.sent.values()) + sum(later.sent.values()) == 30 + 50
     assert sum(first.received.values()) + sum(later.received.values()) == 800 + 30
     assert tracker.totals.vanished == 0
+
+
+# Once the baseline is taken the agent stops NEW events (tracker.stop_openings): DESTROY events alone.
+
+
+def unsubscribed() -> bool:
+    return True
+
+
+def refused() -> bool:
+    return False
+
+
+def test_new_events_stop_only_after_a_baseline_and_stay_on_if_the_kernel_refuses() -> None:
+    tracker = ConnectionTracker()
+    calls: list[str] = []
+    assert not tracker.stop_openings(lambda: calls.append("asked") or True)  # no baseline yet
+    assert calls == []
+    dump(tracker, incomplete := entry(1, 40001, 10, 10), complete=False)
+    assert not tracker.stop_openings(unsubscribed)  # an interrupted dump is no baseline
+    dump(tracker, incomplete)
+    assert not tracker.stop_openings(refused)
+    tracker.observe_events(gone(entry(2, 40002, 10, 10)), NOW)  # NEW events still come: it expired unseen
+    assert opened_count(tracker.take()) == 0
+    assert tracker.stop_openings(unsubscribed)
+
+
+def test_without_new_events_a_destroy_no_dump_saw_counts_its_connection_once_with_all_its_bytes() -> None:
+    tracker = ConnectionTracker()
+    tracker.observe_events(gone(entry(9, 40009, 10, 10)), NOW)  # before the baseline: it may predate khan
+    dump(tracker, entry(1, 40001, 10, 10))
+    assert tracker.stop_openings(unsubscribed)
+    tracker.observe_events(gone(entry(2, 40002, 300, 700), entry(1, 40001, 15, 30)), NOW + 1)
+    deltas = tracker.take()
+    assert opened_count(deltas) == 1  # 2, opened and closed between two dumps; 1 was the baseline's
+    assert sum(deltas.transactions.values()) == 1
+    assert (sum(deltas.sent.values()), sum(deltas.received.values())) == (300 + 5, 700 + 20)
+    assert tracker.totals.recovered == 0  # no NEW was lost: none was subscribed
+    assert opened_count(dump(tracker, now=NOW + 2)) == 0
+    assert tracker.totals.vanished == 0
+
+
+def test_without_new_events_a_connection_still_open_is_counted_by_the_next_dump_then_settled_by_its_destroy() -> None:
+    tracker = ConnectionTracker()
+    dump(tracker)
+    assert tracker.stop_openings(unsubscribed)
+    assert opened_count(dump(tracker, entry(3, 40003, 40, 60), now=NOW + 1)) == 1
+    tracker.observe_events(gone(entry(3, 40003, 100, 160)), NOW + 2)
+    deltas = tracker.take()
+    assert opened_count(deltas) == 0
+    assert (sum(deltas.sent.values()), sum(deltas.received.values())) == (60, 100)
+
+
+def test_without_new_events_a_destroy_during_a_dump_counts_once_whether_or_not_the_dump_copied_it() -> None:
+    tracker = ConnectionTracker()
+    dump(tracker)
+    assert tracker.stop_openings(unsubscribed)
+    tracker.begin_dump()
+    tracker.observe_dump([entry(4, 40004, 20, 20)], NOW + 1)  # copied, then destroyed
+    tracker.observe_events(gone(entry(4, 40004, 50, 50), entry(5, 40005, 70, 70)), NOW + 1)
+    tracker.observe_dump([entry(5, 40005, 70, 70)], NOW + 1)  # a stale copy: its DESTROY went out before
+    tracker.end_dump(True)
+    deltas = tracker.take()
+    assert opened_count(deltas) == 2
+    assert sum(deltas.sent.values()) == 50 + 70
+    assert opened_count(dump(tracker, now=NOW + 2)) == 0
+
+
+def test_without_new_events_a_destroy_with_lower_counters_than_its_record_is_a_new_connection() -> None:
+    """The record is of a connection older than khan (no events), whose tuple and id came back for a new one."""
+    tracker = ConnectionTracker()
+    dump(tracker, entry(6, 40006, 5_000, 9_000))
+    assert tracker.stop_openings(unsubscribed)
+    tracker.observe_events(gone(entry(6, 40006, 80, 120)), NOW + 1)
+    deltas = tracker.take()
+    assert opened_count(deltas) == 1
+    assert (sum(deltas.sent.values()), sum(deltas.received.values())) == (80, 120)
+    assert (tracker.totals.reused, tracker.totals.vanished) == (1, 1)
+
+
+def test_without_new_events_each_lost_destroy_that_nothing_explains_is_one_connection_missed() -> None:
+    tracker = ConnectionTracker()
+    dump(tracker, entry(1, 40001, 10, 10))
+    assert tracker.stop_openings(unsubscribed)
+    dump(tracker, entry(1, 40001, 10, 10), entry(2, 40002, 10, 10), now=NOW + 1)  # 2: made while khan listened
+    lose(tracker, dropped=4)  # 2's DESTROY, and three connections never dumped
+    dump(tracker, entry(1, 40001, 10, 10), now=NOW + 2)
+    dump(tracker, entry(1, 40001, 10, 10), now=NOW + 3)
+    assert tracker.totals.vanished == 1
+    assert tracker.totals.possibly_missed == 3

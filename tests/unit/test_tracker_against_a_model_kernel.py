@@ -6,7 +6,8 @@ the entry first; a closed tuple is often reopened with the same id; entries olde
 events; a dump's batch is built before the events that follow it are read; the poll hands over what is queued
 before it observes each batch and before it ends. Losses are the kernel's: once the socket is full, every event
 is dropped until the reader has read it empty; the reader learns of it at its next read (ENOBUFS first, then what
-was queued before it), and the loss ends there.
+was queued before it), and the loss ends there. Each run goes once with NEW events all along, and once as the
+agent runs: NEW events stop after the baseline (the tracker is told first; those already sent still come).
 
 Without losses, every connection must be counted once with exactly its bytes. With them, nothing may be counted
 twice, the opened count plus khan_connections_possibly_missed_total must cover every connection, and the bound
@@ -54,6 +55,8 @@ class Kernel:
     congested: bool = False
     quiet: bool = False  # the run's end: nothing changes any more
     dropped: int = 0
+    news: bool = True  # subscribed to NEW events: once not, the kernel builds none (none is dropped either)
+    news_stop: bool = False  # the run stops NEW events after the baseline
     opened: int = 0  # connections made after the baseline
     final: dict[str, int] = field(default_factory=lambda: {"sent": 0, "received": 0})
     next_id: int = 100
@@ -62,7 +65,7 @@ class Kernel:
     runs: RunCounter = field(default_factory=lambda: RunCounter(RAW_FLOW_FIELDS))
 
     def send(self, opened: bool, key: Key, conn: Connection) -> None:
-        if not conn.announced:
+        if not conn.announced or (opened and not self.news):
             return
         if self.congested:
             self.dropped += 1
@@ -97,7 +100,7 @@ class Kernel:
             return
         conn = self.table[key] = Connection(position=self.rnd.random())
         self.opened += 1
-        if self.rnd.random() < 0.2 and not self.congested:
+        if self.rnd.random() < 0.2 and not self.congested and self.news:
             flow = entry(key[0], key[1])
             self.late_news.append(Event(True, flow))  # a batch built now copies the entry before its NEW
         else:
@@ -112,7 +115,11 @@ class Kernel:
             self.final["received"] += conn.received
         if self.rnd.random() < 0.5:
             self.copies_left[key] = conn
-        self.closed.append(key)
+        # Without NEW events, an entry older than khan (it sends no DESTROY) whose tuple and id come back for a new
+        # connection whose counters pass the old one's before the next look cannot be told from the old one: such
+        # tuples are not reopened (the README says what it costs).
+        if conn.announced or not self.news_stop:
+            self.closed.append(key)
 
     def read_events(self) -> None:
         """The reader (or a poll catching up): ENOBUFS first if the socket overflowed, then what was queued
@@ -170,14 +177,17 @@ class Kernel:
         self.copies_left = {}  # a destroyed entry leaves the table a moment after its DESTROY, long before a poll
 
 
-def run(seed: int, lossy_run: bool, through_runs: bool) -> tuple[int, int, int, int, int | None, int]:
+def run(seed: int, lossy_run: bool, through_runs: bool, news_stop: bool) -> tuple[int, int, int, int, int | None, int]:
     """(counted, opened, sent counted, sent truly, bound, times the bound went down)."""
     rnd = random.Random(seed)
     tracker = ConnectionTracker()
-    kernel = Kernel(rnd, tracker, lossy_run, through_runs)
+    kernel = Kernel(rnd, tracker, lossy_run, through_runs, news_stop=news_stop)
     for index in range(5):  # older than khan
         kernel.table[(index, 30_000 + index)] = Connection(5, 5, rnd.random(), announced=False)
     kernel.dump()  # the baseline (connections opened while it runs count: khan listened already)
+    if news_stop:  # as the agent does once it has its baseline
+        assert tracker.stop_openings(lambda: True)
+        kernel.news = False
     counted = sent = 0
     last_bound, decreases = 0, 0
     for _ in range(rnd.randrange(20, 60)):
@@ -204,24 +214,28 @@ def run(seed: int, lossy_run: bool, through_runs: bool) -> tuple[int, int, int, 
     return counted, kernel.opened, sent, truly_sent, tracker.totals.possibly_missed, decreases
 
 
+@pytest.mark.parametrize("news_stop", [False, True], ids=["new-events", "news-stop"])
 @pytest.mark.parametrize("through_runs", [False, True], ids=["flows", "runs"])
-def test_without_losses_every_connection_counts_once_with_exactly_its_bytes(through_runs: bool) -> None:
+def test_without_losses_every_connection_counts_once_with_exactly_its_bytes(
+    through_runs: bool, news_stop: bool
+) -> None:
     wrong = []
     for seed in range(RUNS):
-        counted, opened, sent, truly_sent, bound, _ = run(seed, lossy_run=False, through_runs=through_runs)
+        counted, opened, sent, truly_sent, bound, _ = run(seed, False, through_runs, news_stop)
         if (counted, sent, bound) != (opened, truly_sent, 0):
             wrong.append((seed, counted, opened, sent, truly_sent, bound))
     assert wrong == []
 
 
+@pytest.mark.parametrize("news_stop", [False, True], ids=["new-events", "news-stop"])
 @pytest.mark.parametrize("through_runs", [False, True], ids=["flows", "runs"])
 @pytest.mark.parametrize("half", [0, 1])
 def test_with_losses_nothing_counts_twice_and_the_bound_covers_every_connection_missed(
-    half: int, through_runs: bool
+    half: int, through_runs: bool, news_stop: bool
 ) -> None:
     wrong = []
     for seed in range(half * RUNS, (half + 1) * RUNS):
-        counted, opened, _, _, bound, decreases = run(seed, lossy_run=True, through_runs=through_runs)
+        counted, opened, _, _, bound, decreases = run(seed, True, through_runs, news_stop)
         assert bound is not None
         if counted > opened or counted + bound < opened or decreases:
             wrong.append((seed, counted, opened, bound, decreases))
