@@ -406,8 +406,9 @@ def health(on: Inputs) -> Any:
             graph("Events lost per second", f"rate(khan_events_dropped_total{khan}[{RATE}])", "{{instance}}"),
             graph("Connections possibly missed per hour (upper bound)",
                   f"increase(khan_connections_possibly_missed_total{khan}[1h])", "{{instance}}",
-                  description="Connections that may have opened and closed with both their events lost: counted "
-                  "nowhere. Lost events whose connections were recovered or whose entries vanished are not here."),
+                  description="Connections that may have opened and closed between two polls with their events "
+                  "lost: counted nowhere. Lost events whose connections were recovered or whose entries vanished are "
+                  "not here."),
             graph("Series per family", f'count by (__name__) ({{__name__=~"{families}", {on.scope}}})',
                   "{{__name__}}"),
             graph("Series folded into overflow", f"khan_series_folded{khan}", "{{instance}} {{family}}"),

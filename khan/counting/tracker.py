@@ -79,8 +79,8 @@ class TrackerTotals:
     vanished: int = 0  # entries gone from the table with no DESTROY seen: their last bytes are unknown
     reused: int = 0  # ids that came back for a new connection between two looks
     recovered: int = 0  # connections whose NEW event was lost, counted anyway: found by a dump, or by their DESTROY
-    # An upper bound on connections whose NEW and DESTROY were both lost, counted nowhere; None: the kernel's count
-    # of dropped events could not be read, so there is no bound.
+    # An upper bound on connections opened and closed with their events lost before any dump saw them, counted
+    # nowhere; None: the kernel's count of dropped events could not be read, so there is no bound.
     possibly_missed: int | None = 0
     # Records of entries an interrupted dump did not read, dropped to keep the records within the table's limit.
     dropped: int = 0

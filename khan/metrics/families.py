@@ -44,7 +44,8 @@ CONNECTION_LIMITS_IGNORED = MetricSpec(
 OPENED = MetricSpec(
     "khan_connections_opened_total",
     "counter",
-    "New connections since khan started, by both ends, port and transport (seen in a dump or a NEW event).",
+    "New connections since khan started, by both ends, port and transport (counted by the first dump that shows "
+    "them, or by their DESTROY event if none did).",
     PAIR_LABELS,
 )
 FLOW_BYTES = MetricSpec(
@@ -104,21 +105,27 @@ CONNECTIONS_RECOVERED = MetricSpec(
     "khan_connections_recovered_total",
     "counter",
     "Connections whose NEW event was dropped but that were counted anyway: found by the dump that resynchronised, "
-    "or by their DESTROY event (with exact bytes).",
+    "or by their DESTROY event (with exact bytes). NEW events are received only until the first complete dump.",
 )
 CONNECTIONS_POSSIBLY_MISSED = MetricSpec(
     "khan_connections_possibly_missed_total",
     "counter",
-    "At most this many connections opened and closed with both their NEW and DESTROY events dropped, so they are "
-    "counted nowhere: dropped events that neither a recovered connection nor a vanished entry explains, halved; "
-    "settled two dumps after a loss ends.",
+    "At most this many connections opened and closed with their events dropped before any dump saw them, so they "
+    "are counted nowhere: dropped events that neither a recovered connection nor a vanished entry explains (halved "
+    "while NEW events were received too); settled two dumps after a loss ends.",
 )
 EVENTS_SUBSCRIBED = MetricSpec(
     "khan_events_subscribed",
     "gauge",
-    "1 while khan receives ctnetlink NEW and DESTROY events, 0 when it counts from dumps only.",
+    "1 while khan receives ctnetlink events (NEW and DESTROY until its first complete dump, then DESTROY alone), 0 "
+    "when it counts from dumps only.",
 )
-EVENTS = MetricSpec("khan_events_total", "counter", "ctnetlink events received, by type (new, destroy).", ("type",))
+EVENTS = MetricSpec(
+    "khan_events_total",
+    "counter",
+    "ctnetlink events received, by type (new, destroy); NEW only until the first complete dump.",
+    ("type",),
+)
 EVENT_OVERFLOWS = MetricSpec(
     "khan_events_overflows_total",
     "counter",
