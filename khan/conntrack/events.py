@@ -28,7 +28,7 @@ from typing import NamedTuple, Protocol
 
 import structlog
 
-from khan.conntrack.decode import CT_DELETE_TYPE, CT_ENTRY_TYPE, NLMSG_HDRLEN, Flow, Template, decode_chunk
+from khan.conntrack.decode import CT_DELETE_TYPE, CT_ENTRY_TYPE, Flow, Template, decode_chunk
 from khan.conntrack.event_shapes import EventShape, event_shape
 from khan.conntrack.namespace import entered
 from khan.conntrack.netlink import NETLINK_NETFILTER, ConntrackError, describe_error
@@ -306,7 +306,6 @@ class EventReader:
         Anything else goes through decode_chunk. Counts what it hands over; a read it cannot decode is logged and
         skipped."""
         known, templates = self._shapes.get, self._templates
-        header_len = NLMSG_HDRLEN
         as_int = int.from_bytes
         new = tuple.__new__  # Event and Flow without their Python-level constructors
         opened: list[Flow] = []
@@ -319,7 +318,7 @@ class EventReader:
                     if bits & mask == expected:
                         news += is_new
                         handed += 1
-                        yield new(Event, (is_new, new(Flow, flow_fields(unpack(read, header_len) + defaults))))
+                        yield new(Event, (is_new, new(Flow, flow_fields(unpack(read) + defaults))))
                         break
                 else:
                     try:

@@ -17,7 +17,6 @@ and decode_chunk carries on with it as usual: malformed entries are found and co
 
 from __future__ import annotations
 
-import re
 import struct
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -25,13 +24,12 @@ from operator import itemgetter
 from typing import Any, NamedTuple, TypeVar, cast
 
 from khan.conntrack.decode import NLMSG_HDRLEN, Flow, Template
+from khan.conntrack.template_fields import FieldSpan, field_spans, reader
 
 MIN_RUN = 2  # a shorter run is decoded as usual
 WINDOW = 32  # entries checked per integer: ~7 KB for IPv4 UDP, a fifth of a dump's batch
 MAX_BACKOFF = 64  # after runs that failed (a mixed table), entries to decode as usual before trying again
 _HEADER_CHECKED = 8  # nlmsg_len, nlmsg_type, nlmsg_flags; the sequence number and port id may vary
-_FIELD = re.compile(r"(\d*)([xsBHIQ])")
-_SIZES = {"B": 1, "H": 2, "I": 4, "Q": 8}
 _LENGTH = struct.Struct("=I")
 
 Key = tuple[Any, ...]
@@ -203,7 +201,7 @@ def run_shape(
     this module reads. `tracked`: with the structs a tracker reads, where the shape allows."""
     (mlen,) = _LENGTH.unpack_from(buf, pos)
     stride = (mlen + 3) & ~3
-    fields = _field_spans(template.layout.format)
+    fields = field_spans(template.layout.format)
     if fields is None or NLMSG_HDRLEN + (fields[-1][0] + fields[-1][1] if fields else 0) > mlen:
         return None
     pattern, mask = bytearray(stride), bytearray(stride)
@@ -218,7 +216,7 @@ def run_shape(
     # the template's defaults, appended after them.
     wanted = [template.layout.flow_index[position] for position in positions]
     read = sorted({index for index in wanted if index < len(fields)})
-    read_struct = _reader(fields, read, stride, as_bytes=False)
+    read_struct = reader(fields, read, stride, as_bytes=False)
     rank = {index: place for place, index in enumerate(read)}
     key = itemgetter(*(rank[index] if index in rank else len(read) + index - len(fields) for index in wanted))
     return RunShape(
@@ -235,7 +233,7 @@ def run_shape(
     )
 
 
-def _tracked_shape(template: Template, fields: list[tuple[int, int, str]], stride: int) -> TrackedShape | None:
+def _tracked_shape(template: Template, fields: list[FieldSpan], stride: int) -> TrackedShape | None:
     """The tracker's structs, if the messages carry the identity's fields as expected (both ports and the id, or
     the id alone: the ports' default is 0, the integer's leading bytes) and both byte counters or neither."""
 
@@ -250,46 +248,9 @@ def _tracked_shape(template: Template, fields: list[tuple[int, int, str]], strid
     if identity_codes not in ("HHI", "I") or counter_codes not in ("QQ", ""):
         return None
     if not counters:
-        return TrackedShape(_reader(fields, identity, stride, as_bytes=True), None, None)
+        return TrackedShape(reader(fields, identity, stride, as_bytes=True), None, None)
     return TrackedShape(
-        _reader(fields, identity, stride, as_bytes=True),
-        _reader(fields, counters, stride, as_bytes=True),
-        _reader(fields, counters, stride, as_bytes=False),
+        reader(fields, identity, stride, as_bytes=True),
+        reader(fields, counters, stride, as_bytes=True),
+        reader(fields, counters, stride, as_bytes=False),
     )
-
-
-def _reader(fields: list[tuple[int, int, str]], indexes: list[int], stride: int, *, as_bytes: bool) -> struct.Struct:
-    """A struct over one message (`stride` bytes) that reads the fields at `indexes` (in the order they lie), as
-    raw bytes or as numbers."""
-    codes, at = ["!"], 0
-    for index in sorted(indexes):
-        offset, size, code = fields[index]
-        codes.append(f"{NLMSG_HDRLEN + offset - at}x" if NLMSG_HDRLEN + offset > at else "")
-        codes.append(f"{size}s" if as_bytes else code)
-        at = NLMSG_HDRLEN + offset + size
-    codes.append(f"{stride - at}x" if stride > at else "")
-    return struct.Struct("".join(codes))
-
-
-def _field_spans(fmt: str) -> list[tuple[int, int, str]] | None:
-    """(offset, size, code) of each field a struct format of decode.py's templates reads; None for a format that
-    uses anything else."""
-    if not fmt.startswith("!"):
-        return None
-    fields: list[tuple[int, int, str]] = []
-    offset = 0
-    for match in _FIELD.finditer(fmt, 1):
-        count, code = int(match[1] or 1), match[2]
-        if code == "x":
-            offset += count
-        elif code == "s":
-            fields.append((offset, count, f"{count}s"))
-            offset += count
-        elif match[1]:
-            return None  # "2H": decode.py never writes repeat counts
-        else:
-            fields.append((offset, _SIZES[code], code))
-            offset += _SIZES[code]
-    if sum(len(match[0]) for match in _FIELD.finditer(fmt, 1)) != len(fmt) - 1:
-        return None
-    return fields
