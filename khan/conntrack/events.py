@@ -272,8 +272,8 @@ class EventReader:
 
     def _receive(self, sock: socket.socket, reads: list[bytearray]) -> tuple[int, bool]:
         """Read what is queued, up to a batch of messages, each read kept as it came. Returns (bytes read, whether
-        the queue is empty). The kernel sends one message per event, so this runs once per event: two per
-        connection under churn. Decoding waits for the handler (`_decoded`): a read's bytes are not objects the
+        the queue is empty). The kernel sends one message per event, so this runs once per event: once per
+        connection under churn (its DESTROY) once NEW events have stopped. Decoding waits for the handler (`_decoded`): a read's bytes are not objects the
         garbage collector walks, where a batch of Flows was (an agent under churn spent 14% of its CPU in it)."""
         buf = self._buf
         recv_into = sock.recv_into
