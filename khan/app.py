@@ -323,7 +323,7 @@ class Agent:
             log.exception("poll_crashed", error=repr(exc))
             return
         self.health = health.after(result)
-        if self.events is not None and self.events.openings and self.counting.tracker.baseline_done:
+        if self.events is not None and self.events.may_stop_openings and self.counting.tracker.baseline_done:
             await asyncio.to_thread(self._stop_opening_events, self.events)
         accounting = result.table.accounting if result.table is not None else None
         if accounting is False and self._accounting is not False:

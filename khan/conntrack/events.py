@@ -158,6 +158,7 @@ class EventReader:
         self._overflow_pending = False  # ENOBUFS seen, the queue not yet read empty: the kernel is still dropping
         self._errors = RateLimiter(period=60.0)  # a poll catches up before every batch: an error would repeat
         self.openings = True  # subscribed to NEW events (until stop_openings)
+        self._openings_kept = False  # the kernel refused to stop them: not asked again
 
     def start(self) -> None:
         """Subscribe (in the reader's namespace) and start reading. Raises ConntrackError if not permitted."""
@@ -185,16 +186,22 @@ class EventReader:
             if locked:
                 self._reading.release()
 
+    @property
+    def may_stop_openings(self) -> bool:
+        """NEW events come, and the kernel has not refused to stop them."""
+        return self.openings and not self._openings_kept
+
     def stop_openings(self) -> bool:
         """Unsubscribe from NEW events; DESTROY events go on. NEW events already queued are still handed over, in
-        order. Whether NEW events are off; False (logged) if the socket is closed or the kernel refused: NEW events
-        then go on, and are counted as before."""
+        order. Whether NEW events are off; False if the socket is closed, or if the kernel refused (logged once,
+        and not asked again): NEW events then go on, and are counted as before."""
         with self._reading:
-            if self._sock is None or not self.openings:
+            if self._sock is None or not self.may_stop_openings:
                 return not self.openings
             try:
                 self._sock.setsockopt(SOL_NETLINK, NETLINK_DROP_MEMBERSHIP, NFNLGRP_CONNTRACK_NEW)
             except OSError as exc:
+                self._openings_kept = True
                 log.warning("events_new_unsubscribe_failed", error=os.strerror(exc.errno or 0), effect="they go on")
                 return False
             self.openings = False
@@ -273,8 +280,9 @@ class EventReader:
     def _receive(self, sock: socket.socket, reads: list[bytearray]) -> tuple[int, bool]:
         """Read what is queued, up to a batch of messages, each read kept as it came. Returns (bytes read, whether
         the queue is empty). The kernel sends one message per event, so this runs once per event: once per
-        connection under churn (its DESTROY) once NEW events have stopped. Decoding waits for the handler (`_decoded`): a read's bytes are not objects the
-        garbage collector walks, where a batch of Flows was (an agent under churn spent 14% of its CPU in it)."""
+        connection under churn (its DESTROY) once NEW events have stopped. Decoding waits for the handler
+        (`_decoded`): a read's bytes are not objects the garbage collector walks, where a batch of Flows was (an
+        agent under churn spent 14% of its CPU in it)."""
         buf = self._buf
         recv_into = sock.recv_into
         keep = reads.append

@@ -370,15 +370,16 @@ class ConnectionTracker:
     def _settle_loss(self) -> None:
         """Every event the kernel dropped was a NEW or a DESTROY. A lost NEW shows as a recovered connection, a
         lost DESTROY as an entry made while khan listened that left without one (entries made before it listened
-        never send events: they explain nothing). The drops that neither explains came in pairs, connections
-        opened and closed unseen. Computed over every drop since start, so it never goes down; rounded up."""
+        never send events: they explain nothing). The drops that neither explains are connections opened and
+        closed unseen: one event each once NEW events stopped, a pair while they still come (the agent could not
+        stop them), then rounded up. Computed over every drop since start, so it never goes down."""
         totals = self.totals
         if self._dropped is None or totals.possibly_missed is None:
             totals.possibly_missed = None
             return
         unexplained = self._dropped - (totals.recovered - self._late_news) - self._silently_gone
-        # While NEW events came, a connection missed lost two; once they stopped, only its DESTROY (a bound either
-        # way: counting every drop as a connection covers the pairs lost before).
+        # While NEW events come, a connection missed lost two; once they stopped, only its DESTROY (a bound either
+        # way: counting every drop as a connection covers pairs lost before, such as NEWs before the baseline).
         missed = (unexplained + 1) // 2 if self._openings_from_events else unexplained
         totals.possibly_missed = max(totals.possibly_missed, missed)
 

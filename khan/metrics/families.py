@@ -105,14 +105,15 @@ CONNECTIONS_RECOVERED = MetricSpec(
     "khan_connections_recovered_total",
     "counter",
     "Connections whose NEW event was dropped but that were counted anyway: found by the dump that resynchronised, "
-    "or by their DESTROY event (with exact bytes). NEW events are received only until the first complete dump.",
+    "or by their DESTROY event (with exact bytes). Stays 0 unless NEW events still come after the first complete "
+    "dump (the agent could not leave their group).",
 )
 CONNECTIONS_POSSIBLY_MISSED = MetricSpec(
     "khan_connections_possibly_missed_total",
     "counter",
     "At most this many connections opened and closed with their events dropped before any dump saw them, so they "
     "are counted nowhere: dropped events that neither a recovered connection nor a vanished entry explains (halved "
-    "while NEW events were received too); settled two dumps after a loss ends.",
+    "if NEW events still come, two lost per connection); settled two dumps after a loss ends.",
 )
 EVENTS_SUBSCRIBED = MetricSpec(
     "khan_events_subscribed",
