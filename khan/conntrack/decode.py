@@ -244,6 +244,10 @@ class Template(NamedTuple):
     defaults: tuple[object, ...]
     layout: TemplateLayout
 
+    def flow(self, values: tuple[Any, ...]) -> Flow:
+        """The Flow of what `unpack` read (decode_chunk's loop does the same inline)."""
+        return tuple.__new__(Flow, self.flow_fields(values + self.defaults))
+
 
 MAX_TEMPLATES = 64  # distinct entry shapes remembered; a kernel emits a handful (family x protocol x accounting)
 

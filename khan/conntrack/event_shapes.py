@@ -66,7 +66,7 @@ def event_shape(template: Template, kind: int) -> EventShape:
     values = template.unpack(sample, NLMSG_HDRLEN)
     if template.checked(values) != template.expected or not matches(shape, sample):
         raise ValueError(f"the event shape of {layout.format!r} does not check what its template checks")
-    if read(shape, sample) != tuple.__new__(Flow, template.flow_fields(values + template.defaults)):
+    if read(shape, sample) != template.flow(values):
         raise ValueError(f"the event shape of {layout.format!r} does not read what its template reads")
     return shape
 

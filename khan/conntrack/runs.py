@@ -49,8 +49,7 @@ class StoredEntry(NamedTuple):
     template: Template
 
     def flow(self) -> Flow:
-        values = self.template.unpack(self.message, 0)
-        return tuple.__new__(Flow, self.template.flow_fields(values + self.template.defaults))
+        return self.template.flow(self.template.unpack(self.message, 0))
 
 
 class TrackedShape(NamedTuple):
@@ -83,8 +82,7 @@ class TrackedRun:
 
     def flow(self, index: int) -> Flow:
         template = self._template
-        values = template.unpack(self._buf, self._pos + index * self._stride + NLMSG_HDRLEN)
-        return tuple.__new__(Flow, template.flow_fields(values + template.defaults))
+        return template.flow(template.unpack(self._buf, self._pos + index * self._stride + NLMSG_HDRLEN))
 
     def stored(self, index: int) -> StoredEntry:
         start = self._pos + index * self._stride
