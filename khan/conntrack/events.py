@@ -359,13 +359,13 @@ class EventReader:
 
     def _learn(self, length: int) -> None:
         """The shapes of reads `length` long, once decode_chunk has compiled one more template for messages that
-        long: a NEW and a DESTROY of each."""
+        long: a DESTROY and a NEW of each, DESTROY first (after the baseline it is the only kind that comes)."""
         templates = self._templates.get(length, [])
         if 2 * len(templates) == len(self._shapes.get(length, ())):
             return
         shapes = []
         for template in templates:
-            for kind in (CT_ENTRY_TYPE, CT_DELETE_TYPE):
+            for kind in (CT_DELETE_TYPE, CT_ENTRY_TYPE):
                 try:
                     shapes.append(event_shape(template, kind))
                 except ValueError as exc:  # decode_chunk still reads such messages: only slower
