@@ -16,9 +16,8 @@ import sys
 from typing import Any
 
 
-def register_unexecuted(name: str, **attributes: object) -> None:
-    """Registers package `name` without running its __init__ until a name it lacks is asked for. `attributes` are
-    set at once: what its submodules import from the package itself."""
+def register_unexecuted(name: str) -> None:
+    """Registers package `name` without running its __init__ until a name it lacks is asked for."""
     spec = importlib.util.find_spec(name)
     if spec is None or spec.loader is None:
         raise ImportError(name)
@@ -33,8 +32,6 @@ def register_unexecuted(name: str, **attributes: object) -> None:
         return getattr(module, attribute)
 
     module.__getattr__ = load  # type: ignore[method-assign]
-    for attribute, value in attributes.items():
-        setattr(module, attribute, value)
     sys.modules[name] = module
     parent, _, child = name.rpartition(".")
     if parent:
