@@ -41,6 +41,7 @@ CTA_TUPLE_ORIG = 1
 CTA_TUPLE_REPLY = 2
 CTA_STATUS = 3
 CTA_PROTOINFO = 4
+CTA_TIMEOUT = 7
 CTA_MARK = 8
 CTA_COUNTERS_ORIG = 9
 CTA_COUNTERS_REPLY = 10
@@ -111,6 +112,9 @@ class Flow(NamedTuple):
     orig_bytes: int
     reply_packets: int
     reply_bytes: int
+    # Seconds left before the entry expires (CTA_TIMEOUT, rounded down); every packet sets it back to its state's
+    # timeout. 0 where the message has none: DESTROY events.
+    timeout: int = 0
 
 
 class ChunkResult(NamedTuple):
@@ -191,7 +195,7 @@ def decode_entry(buf: bytes | bytearray, start: int, end: int) -> Flow:
     if end - start < NFGENMSG_LEN:
         raise MalformedEntry("message shorter than its nfgenmsg")
     orig = reply = None
-    status = mark = ct_id = zone = 0
+    status = mark = ct_id = zone = timeout = 0
     tcp_state = NO_TCP_STATE
     orig_counters = reply_counters = (0, 0)
     for kind, value, length in attributes(buf, start + NFGENMSG_LEN, end):
@@ -205,6 +209,8 @@ def decode_entry(buf: bytes | bytearray, start: int, end: int) -> Flow:
             tcp_state = _decode_tcp_state(buf, value, value + length)
         elif kind == CTA_ID and length >= 4:
             ct_id = _BE32.unpack_from(buf, value)[0]
+        elif kind == CTA_TIMEOUT and length >= 4:
+            timeout = _BE32.unpack_from(buf, value)[0]
         elif kind == CTA_MARK and length >= 4:
             mark = _BE32.unpack_from(buf, value)[0]
         elif kind == CTA_COUNTERS_ORIG:
@@ -223,7 +229,9 @@ def decode_entry(buf: bytes | bytearray, start: int, end: int) -> Flow:
         family = AF_INET if len(src) == 4 else AF_INET6
     if proto != IPPROTO_TCP:
         tcp_state = NO_TCP_STATE
-    return Flow(family, *orig, *reply[1:], status, tcp_state, ct_id, zone, mark, *orig_counters, *reply_counters)
+    return Flow(
+        family, *orig, *reply[1:], status, tcp_state, ct_id, zone, mark, *orig_counters, *reply_counters, timeout
+    )
 
 
 class TemplateLayout(NamedTuple):
@@ -266,12 +274,13 @@ _TOP_VALUES = {
     CTA_MARK: ("I", "mark"),
     CTA_ID: ("I", "id"),
     CTA_ZONE: ("H", "zone"),
+    CTA_TIMEOUT: ("I", "timeout"),
 }
 _COUNTER_VALUES = {CTA_COUNTERS_PACKETS: "packets", CTA_COUNTERS_BYTES: "bytes"}
 _CODE_SIZES = {"B": 1, "H": 2, "I": 4, "Q": 8, "4s": 4, "16s": 16}
 # A reply tuple the entry lacks is read from the original one, as decode_entry mirrors it.
 _MIRRORED_REPLY = {"reply_src": "dst", "reply_dst": "src", "reply_sport": "dport", "reply_dport": "sport"}
-_FLOW_DEFAULTS = Flow(0, 0, b"", b"", 0, 0, b"", b"", 0, 0, 0, NO_TCP_STATE, 0, 0, 0, 0, 0, 0, 0)
+_FLOW_DEFAULTS = Flow(0, 0, b"", b"", 0, 0, b"", b"", 0, 0, 0, NO_TCP_STATE, 0, 0, 0, 0, 0, 0, 0, 0)
 
 
 class ValueSlot(NamedTuple):
@@ -285,7 +294,7 @@ class ValueSlot(NamedTuple):
 class EntryLayout(NamedTuple):
     """One message body's bytes, classified: the values Flow needs, the spans that must match in every message of
     this shape (attribute headers, the family and version, the padding after a value); the rest may vary (payloads
-    khan ignores, such as timeouts). Offsets count from the start of the body."""
+    khan ignores, such as helpers and timestamps). Offsets count from the start of the body."""
 
     body: int  # where the body starts in the buffer classified
     size: int

@@ -21,13 +21,14 @@ V4 = socket.inet_aton("127.0.0.1")
 V4_2 = socket.inet_aton("127.0.0.2")
 V6 = socket.inet_pton(socket.AF_INET6, "::1")
 
-# conntrack -L -o id on the recorded table, field by field.
+# conntrack -L -o id on the recorded table, field by field; the remaining timeouts a second after the last packets
+# (udp_timeout 30 s, tcp_timeout_established 432,000 s).
 EXPECTED = [
-    Flow(2, 1, V4, V4, 0, 0, V4, V4, 0, 0, 10, NO_TCP_STATE, 2880091308, 0, 0, 1, 32, 1, 32),
-    Flow(10, 6, V6, V6, 52144, 8443, V6, V6, 8443, 52144, 14, 3, 776753645, 0, 0, 2, 152, 1, 80),
-    Flow(2, 17, V4, V4_2, 48070, 9999, V4_2, V4, 9999, 48070, 8, NO_TCP_STATE, 424846569, 0, 0, 1, 29, 0, 0),
-    Flow(2, 6, V4, V4, 39356, 8080, V4, V4, 8080, 39356, 14, 3, 2879091330, 0, 0, 3, 169, 2, 112),
-    Flow(2, 17, V4, V4, 34879, 5353, V4, V4, 5353, 34879, 10, NO_TCP_STATE, 2940197693, 0, 0, 1, 29, 1, 29),
+    Flow(2, 1, V4, V4, 0, 0, V4, V4, 0, 0, 10, NO_TCP_STATE, 2880091308, 0, 0, 1, 32, 1, 32, 29),
+    Flow(10, 6, V6, V6, 52144, 8443, V6, V6, 8443, 52144, 14, 3, 776753645, 0, 0, 2, 152, 1, 80, 431999),
+    Flow(2, 17, V4, V4_2, 48070, 9999, V4_2, V4, 9999, 48070, 8, NO_TCP_STATE, 424846569, 0, 0, 1, 29, 0, 0, 29),
+    Flow(2, 6, V4, V4, 39356, 8080, V4, V4, 8080, 39356, 14, 3, 2879091330, 0, 0, 3, 169, 2, 112, 431999),
+    Flow(2, 17, V4, V4, 34879, 5353, V4, V4, 5353, 34879, 10, NO_TCP_STATE, 2940197693, 0, 0, 1, 29, 1, 29, 29),
 ]
 
 ENTRIES, DONE = recorded_buffers("lab_dump.bin")
