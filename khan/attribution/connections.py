@@ -105,6 +105,16 @@ def attribute_pairs(amounts: Mapping[PairKey, int], names: Attributor) -> Iterat
         yield labels, amount
 
 
+def attribute_longest(longest: Mapping[PairKey, int], names: Attributor) -> dict[Labels, int]:
+    """Raw pairs' longest idle seconds -> khan_connection_idle_seconds_max series (PAIR_LABELS): pairs whose labels
+    are the same keep the longest."""
+    series: dict[Labels, int] = {}
+    for labels, seconds in attribute_pairs(longest, names):
+        if seconds > series.get(labels, -1):
+            series[labels] = seconds
+    return series
+
+
 def attribute_transactions(amounts: Mapping[TransactionKey, int], names: Attributor) -> dict[Labels, int]:
     """Raw transaction deltas -> khan_service_transactions_total series."""
     series: dict[Labels, int] = {}

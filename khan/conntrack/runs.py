@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import struct
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from operator import itemgetter
 from typing import Any, NamedTuple, TypeVar, cast
 
@@ -40,6 +40,7 @@ K = TypeVar("K", bound=Key)
 # their bytes joined is the value: one C call each, no arithmetic per entry.
 _IDENTITY_FIELDS = ("sport", "dport", "id")
 _COUNTER_FIELDS = ("orig_bytes", "reply_bytes")
+_TIMEOUT_POSITION = Flow._fields.index("timeout")
 
 
 class StoredEntry(NamedTuple):
@@ -98,22 +99,36 @@ class RunShape(NamedTuple):
     # (messages, their bytes where they must match and zero elsewhere, 0xff where they must match), as
     # little-endian integers, for windows of 4, 8, 16 and WINDOW messages.
     windows: tuple[tuple[int, int, int], ...]
-    read: struct.Struct  # one message (stride bytes): the key's fields, in the order they lie
+    read: struct.Struct  # one message (stride bytes): the key's fields (and the timeout), in the order they lie
     key: Callable[[tuple[Any, ...]], Key]  # (fields read + defaults) -> the key
+    timeout_at: int | None  # where the remaining timeout lies in what `read` reads; None: not read, or not carried
     defaults: tuple[object, ...]  # the template's values of fields its messages do not carry
     tracked: TrackedShape | None  # with a tracker: how it reads the run
+
+
+class CountedShape(NamedTuple):
+    """The entries of one shape's runs: what was read of each, counted; the key is key(read + defaults)."""
+
+    key: Callable[[tuple[Any, ...]], Key]
+    defaults: tuple[object, ...]
+    timeout_at: int | None  # where the remaining timeout lies in a read; None: not read
+    counts: Counter[tuple[Any, ...]]
 
 
 class RunCounter:
     """Counts the entries of runs by key: `take` is decode_chunk's `take_run`; `add_to` once the dump has ended.
 
-    `fields` name the Flow fields that make the key, in order (raw_keys.RAW_FLOW_FIELDS). With `track`, each run
-    also goes to it, before `take` returns; a shape whose identity or counters it cannot read is no run then."""
+    `fields` name the Flow fields that make the key, in order (raw_keys.RAW_FLOW_FIELDS). With `timed`, entries
+    are also told apart by their remaining timeout (`items`). With `track`, each run also goes to it, before `take`
+    returns; a shape whose identity or counters it cannot read is no run then."""
 
-    def __init__(self, fields: Iterable[str], track: Callable[[TrackedRun], None] | None = None) -> None:
+    def __init__(
+        self, fields: Iterable[str], track: Callable[[TrackedRun], None] | None = None, timed: bool = False
+    ) -> None:
         self._positions = tuple(Flow._fields.index(name) for name in fields)
         if len(self._positions) < 2:
             raise ValueError("a key of at least two fields")
+        self._timed = timed
         self._shapes: dict[int, RunShape | None] = {}  # by id() of the template (kept alive in _templates)
         self._templates: list[Template] = []
         self._counts: dict[int, Counter[tuple[Any, ...]]] = {}  # by id() of the template: the fields read
@@ -156,8 +171,21 @@ class RunCounter:
                 counts[full] = get(full, 0) + count
         return counts
 
+    def items(self) -> Iterator[tuple[Key, int, int]]:
+        """(key, remaining timeout, entries) of every run, once per distinct pair of the two (a `timed` counter;
+        the timeout is 0 otherwise, and where a shape does not carry it)."""
+        for key, defaults, at, counts in self.counted():
+            for read, count in counts.items():
+                yield key(read + defaults), 0 if at is None else read[at], count
+
+    def counted(self) -> Iterator[CountedShape]:
+        """What `items` reads, a shape at a time, for a caller whose loop over them is hot (dump_counts.py)."""
+        for template_id, shape in self._shapes.items():
+            if shape is not None:
+                yield CountedShape(shape.key, shape.defaults, shape.timeout_at, self._counts[template_id])
+
     def _compile(self, buf: bytes | bytearray, pos: int, template: Template) -> RunShape | None:
-        shape = run_shape(buf, pos, template, self._positions, tracked=self._track is not None)
+        shape = run_shape(buf, pos, template, self._positions, tracked=self._track is not None, timed=self._timed)
         if shape is not None and self._track is not None and shape.tracked is None:
             shape = None  # the tracker must see each of these entries: decoded one by one
         self._shapes[id(template)] = shape
@@ -193,10 +221,16 @@ def _matching(buf: bytes | bytearray, pos: int, available: int, shape: RunShape)
 
 
 def run_shape(
-    buf: bytes | bytearray, pos: int, template: Template, positions: tuple[int, ...], tracked: bool = False
+    buf: bytes | bytearray,
+    pos: int,
+    template: Template,
+    positions: tuple[int, ...],
+    tracked: bool = False,
+    timed: bool = False,
 ) -> RunShape | None:
     """The run shape of `template`, from the message at buf[pos] that it matched; None if its format is not one
-    this module reads. `tracked`: with the structs a tracker reads, where the shape allows."""
+    this module reads. `tracked`: with the structs a tracker reads, where the shape allows. `timed`: the remaining
+    timeout is read too."""
     (mlen,) = _LENGTH.unpack_from(buf, pos)
     stride = (mlen + 3) & ~3
     fields = field_spans(template.layout.format)
@@ -213,7 +247,8 @@ def run_shape(
     # The key's fields: those the message carries are read (each once, in the order they lie); the others are
     # the template's defaults, appended after them.
     wanted = [template.layout.flow_index[position] for position in positions]
-    read = sorted({index for index in wanted if index < len(fields)})
+    timeout = template.layout.flow_index[_TIMEOUT_POSITION] if timed else len(fields)
+    read = sorted({index for index in (*wanted, timeout) if index < len(fields)})
     read_struct = reader(fields, read, stride, as_bytes=False)
     rank = {index: place for place, index in enumerate(read)}
     key = itemgetter(*(rank[index] if index in rank else len(read) + index - len(fields) for index in wanted))
@@ -226,6 +261,7 @@ def run_shape(
         ),
         read_struct,
         key,
+        rank.get(timeout),
         template.defaults,
         _tracked_shape(template, fields, stride) if tracked else None,
     )

@@ -157,3 +157,54 @@ def test_a_tracker_reads_each_entry_of_a_run_as_its_flow() -> None:
         decoded = [decode_entry(entry, 16, len(entry)) for entry in table]
         assert len(checked) >= len(table) - len(batches(table)) * 2  # runs took (nearly) every entry
         assert sorted(checked + flows) == sorted(decoded)
+
+
+def with_timeout(message: bytes, seconds: int) -> bytes:
+    """The entry with another remaining timeout (CTA_TIMEOUT, a top-level attribute)."""
+    pos = 16 + 4  # netlink header, nfgenmsg
+    while pos < len(message):
+        length, kind = struct.unpack_from("=HH", message, pos)
+        if kind == 7:
+            return message[: pos + 4] + struct.pack("!I", seconds) + message[pos + 8 :]
+        pos += (length + 3) & ~3
+    raise AssertionError("no CTA_TIMEOUT")
+
+
+def test_timed_runs_tell_entries_apart_by_their_remaining_timeout() -> None:
+    """A timed counter's items are what counting each decoded flow by raw key and timeout gives."""
+    rng = random.Random(11)
+    table = [
+        with_timeout(with_port(shape, 20000 + rng.randrange(3)), rng.randrange(5))
+        for shape in (UDP, TCP, UDP_REPLIED, TCP6) * 5
+        for _ in range(150)
+    ]
+    buffers = batches(table)
+    expected: dict[tuple[object, ...], int] = {}
+    for buf in buffers:
+        flows: list[Flow] = []
+        decode_chunk(buf, len(buf), flows)
+        for flow in flows:
+            key = (*(getattr(flow, name) for name in RAW_FLOW_FIELDS), flow.timeout)
+            expected[key] = expected.get(key, 0) + 1
+    assert len({key[-1] for key in expected}) == 5
+
+    counter = RunCounter(RAW_FLOW_FIELDS, timed=True)
+    templates: dict = {}  # type: ignore[type-arg]
+    found: dict[tuple[object, ...], int] = {}
+    for buf in buffers:
+        flows = []
+        decode_chunk(buf, len(buf), flows, templates, take_run=counter.take)
+        for flow in flows:
+            key = (*(getattr(flow, name) for name in RAW_FLOW_FIELDS), flow.timeout)
+            found[key] = found.get(key, 0) + 1
+    assert counter.entries > 2000
+    for key, remaining, count in counter.items():
+        found[(*key, remaining)] = found.get((*key, remaining), 0) + count
+    assert found == expected
+
+
+def test_an_untimed_counter_leaves_the_timeout_out() -> None:
+    table = [with_timeout(with_port(UDP, 20000), seconds) for seconds in range(50)]
+    counter = RunCounter(RAW_FLOW_FIELDS)
+    decode_chunk(batches(table)[0], len(batches(table)[0]), [], {}, take_run=counter.take)
+    assert [(remaining, count) for _, remaining, count in counter.items()] == [(0, 49)]

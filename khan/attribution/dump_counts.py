@@ -1,0 +1,104 @@
+"""Pure: what a dump's entries come to, by raw key: every connection, the idle ones (idle.py), the longest idle time
+of each pair, and the entries whose idle time cannot be known.
+
+Entries arrive as (raw key, remaining timeout, how many): runs.py counts runs of a shape that way in C-level calls,
+and `add_flows` counts decoded flows the same way first, so the judging below runs once per distinct key and
+timeout, not once per entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from operator import attrgetter
+from typing import cast
+
+from khan.attribution.connections import count_flows
+from khan.attribution.idle import NOT_JUDGED, UNKNOWN_REASONS, IdleRules, verdict_of
+from khan.attribution.raw_keys import RAW_FLOW_FIELDS, PairKey, RawKey
+from khan.conntrack.decode import Flow
+from khan.conntrack.runs import RunCounter
+
+# A raw key and the remaining timeout, read in one C call per flow.
+_timed_key = attrgetter(*RAW_FLOW_FIELDS, "timeout")
+_RAW_LENGTH = len(RAW_FLOW_FIELDS)
+
+
+class DumpCounts:
+    """One poll's entries, counted. Without rules (the timeouts could not be read), connections alone."""
+
+    def __init__(self, rules: IdleRules | None) -> None:
+        self.rules = rules
+        self.connections: dict[RawKey, int] = {}
+        self.idle: dict[RawKey, int] = {}  # entries idle at least rules.idle_after
+        self.longest_idle: dict[PairKey, int] = {}  # seconds, over the pair's idle entries only
+        self.unknown: dict[str, int] = dict.fromkeys(UNKNOWN_REASONS.values(), 0)  # reason -> entries
+        self._limits: dict[tuple[int, int, int], tuple[int, int] | None] = {}  # by (proto, tcp_state, status)
+        self._bands: dict[int, tuple[int, int]] = {}  # by protocol: IdleRules.quiet_band
+
+    def add_flows(self, flows: Iterable[Flow]) -> None:
+        if self.rules is None:
+            count_flows((flows,), self.connections)
+            return
+        timed: dict[tuple[object, ...], int] = {}
+        get = timed.get
+        for flow in flows:
+            key = _timed_key(flow)
+            timed[key] = get(key, 0) + 1
+        self.add((cast(RawKey, key[:_RAW_LENGTH]), cast(int, key[_RAW_LENGTH]), count) for key, count in timed.items())
+
+    def add_runs(self, runs: RunCounter) -> None:
+        """A dump's runs (a timed RunCounter's), read a shape at a time: one protocol per shape, so one quiet band."""
+        connections = self.connections
+        get = connections.get
+        if self.rules is None:
+            runs.add_to(connections)
+            return
+        rules, judge = self.rules, self._judge
+        for key_of, defaults, at, counts in runs.counted():
+            low = high = 0
+            for read, count in counts.items():
+                key = key_of(read + defaults)
+                connections[key] = get(key, 0) + count
+                remaining = 0 if at is None else read[at]
+                if low < remaining <= high:
+                    continue  # certainly not idle: most entries of a busy table
+                if low == high:  # the shape's first key: its protocol is every one's (templates check it)
+                    low, high = rules.quiet_band(key[0])
+                judge(key, remaining, count)
+
+    def add(self, entries: Iterable[tuple[RawKey, int, int]]) -> None:
+        """(raw key, remaining timeout, entries) items, each key and timeout at most once per call."""
+        connections = self.connections
+        get = connections.get
+        rules = self.rules
+        if rules is None:
+            for key, _, count in entries:
+                connections[key] = get(key, 0) + count
+            return
+        bands, judge = self._bands, self._judge
+        for key, remaining, count in entries:
+            connections[key] = get(key, 0) + count
+            band = bands.get(key[0])
+            if band is None:
+                band = bands[key[0]] = rules.quiet_band(key[0])
+            if not band[0] < remaining <= band[1]:
+                judge(key, remaining, count)
+
+    def _judge(self, key: RawKey, remaining: int, count: int) -> None:
+        """An entry that may be idle, or whose idle time may be unknown."""
+        rules = self.rules
+        assert rules is not None
+        proto, src, dst, dport, tcp_state, status, endpoint = key
+        state = (proto, tcp_state, status)
+        if state in self._limits:
+            limits = self._limits[state]
+        else:
+            limits = self._limits[state] = rules.limits(proto, tcp_state, status)
+        seconds = verdict_of(limits, remaining)
+        if seconds >= rules.idle_after:
+            self.idle[key] = self.idle.get(key, 0) + count
+            pair = (proto, src, dst, dport, endpoint)
+            if seconds > self.longest_idle.get(pair, -1):
+                self.longest_idle[pair] = seconds
+        elif seconds < NOT_JUDGED:
+            self.unknown[UNKNOWN_REASONS[seconds]] += count

@@ -1,0 +1,181 @@
+"""Idle time from remaining timeouts (attribution/idle.py), its tallies by raw key and pair (dump_counts.py), the
+folding of a family of maxima, and the sysctls they are read from (conntrack/timeouts.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from khan.attribution.connections import attribute_longest
+from khan.attribution.dump_counts import DumpCounts
+from khan.attribution.idle import (
+    ABOVE_STATE_TIMEOUT,
+    NOT_JUDGED,
+    SHORT_TIMER,
+    IdleRules,
+    state_timeouts,
+)
+from khan.attribution.labels import Attributor
+from khan.attribution.raw_keys import RawKey
+from khan.conntrack.decode import IPS_ASSURED, IPS_SEEN_REPLY, NO_TCP_STATE, TCP_STATE_NAMES, Flow
+from khan.conntrack.timeouts import StateTimeouts, read_state_timeouts
+from khan.counting.counters import OPENED_FOLDING
+from khan.counting.folding import OVERFLOW, fold_max
+from khan.inventory.index import build_inventory
+
+DEFAULTS = StateTimeouts(
+    tcp_timeout_established=432_000,
+    tcp_timeout_unacknowledged=300,
+    tcp_timeout_max_retrans=300,
+    udp_timeout=30,
+    udp_timeout_stream=120,
+)
+TCP, UDP, UDPLITE, ICMP = 6, 17, 136, 1
+ESTABLISHED = TCP_STATE_NAMES.index("ESTABLISHED")
+ASSURED = IPS_SEEN_REPLY | IPS_ASSURED
+CLIENT, OTHER, SERVER = b"\n\0\0\1", b"\n\0\0\2", b"\n\0\0\x09"
+
+
+def verdict(proto: int, state: int, status: int, remaining: int, timeouts: StateTimeouts = DEFAULTS) -> int:
+    return IdleRules(timeouts, 600).verdict(proto, state, status, remaining)
+
+
+def test_an_established_connection_has_been_idle_its_timeout_less_what_remains() -> None:
+    assert verdict(TCP, ESTABLISHED, ASSURED, 431_999) == 1
+    assert verdict(TCP, ESTABLISHED, ASSURED, 300_000) == 132_000
+    assert verdict(TCP, ESTABLISHED, ASSURED, 301) == 431_699
+
+
+@pytest.mark.parametrize("state", [name for name in TCP_STATE_NAMES if name != "ESTABLISHED"])
+def test_opening_and_closing_states_are_never_judged(state: str) -> None:
+    for remaining in (0, 5, 60, 431_000):
+        assert verdict(TCP, TCP_STATE_NAMES.index(state), ASSURED, remaining) == NOT_JUDGED
+
+
+def test_more_time_left_than_the_state_gives_is_unknown() -> None:
+    assert verdict(TCP, ESTABLISHED, ASSURED, 432_001) == ABOVE_STATE_TIMEOUT
+    assert verdict(TCP, ESTABLISHED, ASSURED, 432_000) == 0
+    assert verdict(UDP, NO_TCP_STATE, IPS_SEEN_REPLY, 31) == ABOVE_STATE_TIMEOUT  # not assured: udp_timeout
+    assert verdict(UDP, NO_TCP_STATE, ASSURED, 121) == ABOVE_STATE_TIMEOUT
+
+
+def test_an_established_timer_no_longer_than_a_short_one_is_unknown() -> None:
+    assert verdict(TCP, ESTABLISHED, ASSURED, 300) == SHORT_TIMER
+    assert verdict(TCP, ESTABLISHED, ASSURED, 0) == SHORT_TIMER
+    longer_unacknowledged = DEFAULTS._replace(tcp_timeout_unacknowledged=900)
+    assert verdict(TCP, ESTABLISHED, ASSURED, 900, longer_unacknowledged) == SHORT_TIMER
+    assert verdict(TCP, ESTABLISHED, ASSURED, 901, longer_unacknowledged) == 431_099
+
+
+def test_short_timers_not_shorter_than_the_established_one_are_never_set() -> None:
+    short_established = DEFAULTS._replace(tcp_timeout_established=200)
+    assert verdict(TCP, ESTABLISHED, ASSURED, 50, short_established) == 150
+    assert verdict(TCP, ESTABLISHED, ASSURED, 0, short_established) == 200
+
+
+def test_udp_is_judged_by_the_stream_timeout_once_assured() -> None:
+    assert verdict(UDP, NO_TCP_STATE, 0, 10) == 20  # unreplied
+    assert verdict(UDP, NO_TCP_STATE, IPS_SEEN_REPLY, 0) == 30  # replied in its first two seconds
+    assert verdict(UDP, NO_TCP_STATE, ASSURED, 100) == 20
+    assert verdict(UDPLITE, NO_TCP_STATE, ASSURED, 100) == 20
+
+
+def test_other_protocols_and_unreadable_timeouts_are_not_judged() -> None:
+    assert verdict(ICMP, NO_TCP_STATE, ASSURED, 10) == NOT_JUDGED
+    unreadable = StateTimeouts(None, None, None, None, None)
+    assert verdict(TCP, ESTABLISHED, ASSURED, 10, unreadable) == NOT_JUDGED
+    assert verdict(UDP, NO_TCP_STATE, ASSURED, 10, unreadable) == NOT_JUDGED
+    assert list(state_timeouts(unreadable)) == []
+
+
+def test_the_judged_states_are_named_as_khan_connection_names_them() -> None:
+    assert list(state_timeouts(DEFAULTS)) == [
+        ("tcp", "ESTABLISHED", 432_000),
+        ("udp", "UNREPLIED", 30),
+        ("udp", "REPLIED", 30),
+        ("udp", "ASSURED", 120),
+    ]
+
+
+def key(src: bytes = CLIENT, proto: int = TCP, state: int = ESTABLISHED, status: int = ASSURED) -> RawKey:
+    return (proto, src, SERVER, 5432, state, status, SERVER)
+
+
+def test_idle_entries_are_tallied_by_key_and_the_longest_by_pair() -> None:
+    counts = DumpCounts(IdleRules(DEFAULTS, 600))
+    time_wait = TCP_STATE_NAMES.index("TIME_WAIT")
+    counts.add(
+        [
+            (key(), 431_999, 4),  # busy
+            (key(), 431_000, 2),  # idle 1,000 s
+            (key(), 400_000, 1),  # idle 32,000 s
+            (key(status=ASSURED | 0x100), 431_300, 1),  # another raw key of the same pair, idle 700 s
+            (key(OTHER), 431_500, 3),  # 500 s: not yet idle
+            (key(OTHER, state=time_wait), 10, 5),  # closing: never idle
+            (key(OTHER), 200, 1),  # short timer
+            (key(OTHER), 500_000, 2),  # above the state's timeout
+        ]
+    )
+    assert counts.connections == {
+        key(): 7,
+        key(status=ASSURED | 0x100): 1,
+        key(OTHER): 6,
+        key(OTHER, state=time_wait): 5,
+    }
+    assert counts.idle == {key(): 3, key(status=ASSURED | 0x100): 1}
+    assert counts.longest_idle == {(TCP, CLIENT, SERVER, 5432, SERVER): 32_000}
+    assert counts.unknown == {"above_state_timeout": 2, "short_timer": 1}
+
+
+def test_decoded_flows_are_tallied_as_runs_are() -> None:
+    def flow(src: bytes, remaining: int) -> Flow:
+        return Flow(2, TCP, src, SERVER, 40000, 5432, SERVER, src, 5432, 40000, ASSURED, ESTABLISHED, 1, 0, 0,
+                    0, 0, 0, 0, remaining)  # fmt: skip
+
+    remaining = [431_999, 431_000, 431_000, 400_000, 100, 431_999]
+    rules = IdleRules(DEFAULTS, 600)
+    by_flows = DumpCounts(rules)
+    by_flows.add_flows([flow(CLIENT, seconds) for seconds in remaining])
+    by_items = DumpCounts(rules)
+    by_items.add([(key(), 431_999, 2), (key(), 431_000, 2), (key(), 400_000, 1), (key(), 100, 1)])
+    assert vars(by_flows) == vars(by_items)
+    assert by_flows.idle == {key(): 3}
+
+    untimed = DumpCounts(None)
+    untimed.add_flows([flow(CLIENT, seconds) for seconds in remaining])
+    assert untimed.connections == {key(): 6}
+    assert untimed.idle == {}
+    assert untimed.longest_idle == {}
+
+
+def test_pairs_whose_labels_meet_keep_the_longest() -> None:
+    names = Attributor(build_inventory(()), "node1")
+    longest = attribute_longest(
+        {(TCP, CLIENT, SERVER, 5432, SERVER): 700, (TCP, CLIENT, SERVER, 5432, OTHER): 9_000}, names
+    )
+    assert list(longest.values()) == [9_000]  # the endpoint is no label: one pair
+
+
+def test_a_family_of_maxima_folds_into_the_largest() -> None:
+    def pair(name: str) -> tuple[str, ...]:
+        return ("n", "pod", "", "ns", "app", name, "pod", "", "ns", "db", "db-0", "5432", "tcp", "source")
+
+    series = {pair(f"client-{i}"): 1_000 * i for i in range(1, 300)}
+    folded, count = fold_max(series, 100, OPENED_FOLDING)
+    assert len(folded) == 100
+    assert count == 200
+    assert max(folded.values()) == 299_000  # the longest stay by name
+    (overflow,) = [labels for labels in folded if OVERFLOW in labels]
+    assert folded[overflow] == 200_000  # the largest of those folded, not their sum
+
+
+def test_timeouts_are_read_from_the_sysctls_and_missing_ones_are_none(tmp_path: Path) -> None:
+    for name, text in (
+        ("tcp_timeout_established", "7200\n"),
+        ("tcp_timeout_unacknowledged", "300\n"),
+        ("udp_timeout", "garbage\n"),
+        ("udp_timeout_stream", "-1\n"),
+    ):
+        (tmp_path / f"nf_conntrack_{name}").write_text(text)
+    assert read_state_timeouts(tmp_path) == StateTimeouts(7200, 300, None, None, None)
