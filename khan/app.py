@@ -310,6 +310,7 @@ class Agent:
                 policy=self.label_policy,
                 counting=self.counting,
                 max_series=settings.max_series,
+                idle_after=settings.idle_after_seconds,
                 catch_up_events=self.events.catch_up if self.events is not None else None,
             )
         except (ConntrackError, NamespaceError) as exc:

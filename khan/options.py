@@ -259,6 +259,14 @@ OPTIONS = (
         metavar="N",
     ),
     Option(
+        "--idle-after",
+        ("idle_after_seconds",),
+        whole_number(1),
+        "a connection silent this long (no packet either way, by the kernel's own timer) counts in "
+        "khan_connection_idle",
+        metavar="SECONDS",
+    ),
+    Option(
         "--counter-ttl",
         ("counter_ttl_seconds",),
         seconds(1.0),

@@ -55,6 +55,10 @@ class Settings:
     # A counter series whose pair has left the table and stayed idle this long is dropped: long enough to
     # span a gap between a client's bursts (and a few scrapes), short enough that finished pods go.
     counter_ttl_seconds: float = 900.0
+    # A connection with no packet either way for this long counts in khan_connection_idle: ten minutes is longer
+    # than the pauses of a busy pool (and than most pools' own idle timeouts), far shorter than the 5 days an
+    # ESTABLISHED entry may sit silent. Whole seconds: the kernel's remaining timeouts are whole seconds.
+    idle_after_seconds: int = 600
     # ctnetlink NEW/DESTROY events: auto subscribes where permitted (CAP_NET_ADMIN) and falls back to dumps.
     events: EventsMode = "auto"
     # The event socket's receive buffer; events beyond it are lost (counted) and a dump resynchronises.

@@ -25,6 +25,7 @@ def run_snapshot(settings: Settings) -> None:
         settings.dump_attempts,
         policy=label_policy(settings),
         max_series=settings.max_series,
+        idle_after=settings.idle_after_seconds,
     )
     health = Health().after(result)  # the same path as the agent's, for one poll
     sys.stdout.buffer.write(render_text(build_registry(lambda: health)))

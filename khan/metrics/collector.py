@@ -14,11 +14,12 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 from khan import __version__
+from khan.attribution.idle import state_timeouts
 from khan.conntrack.events import EventStats
 from khan.counting import counters
 from khan.counting.counters import CounterView, Family
 from khan.metrics import families as f
-from khan.polling.result import Health, PollResult
+from khan.polling.result import Health, IdleView, PollResult
 
 # The family each of the counting's per-family numbers is about.
 FAMILY_SPECS: Mapping[Family, f.MetricSpec] = {
@@ -53,12 +54,16 @@ def families(
         for labels, count in last.connections.items():
             connections.add_metric(labels, count)
     yield connections
+    if last is not None and last.idle is not None:
+        yield from _idle_families(last.idle)
     if last is not None:
         yield from _limit_families(last)
     if interval_seconds is not None:
         yield gauge(f.POLL_INTERVAL, interval_seconds)
     if last is not None and last.counters is not None:
         yield from _counter_families(last.counters)
+    if last is not None and (last.counters is not None or last.idle is not None):
+        yield _folded_family(last)
     yield from _event_families(events)
     yield from _health_families(health, events)
     if last is not None:
@@ -66,6 +71,23 @@ def families(
     info = InfoMetricFamily(f.BUILD_INFO.name, f.BUILD_INFO.help)
     info.add_metric([], {"version": __version__, "python_version": platform.python_version()})
     yield info
+
+
+def _idle_families(idle: IdleView) -> Iterator[Metric]:
+    for spec, values in ((f.CONNECTION_IDLE, idle.connections), (f.CONNECTION_IDLE_MAX, idle.longest)):
+        family = gauge(spec)
+        for labels, value in values.items():
+            family.add_metric(labels, value)
+        yield family
+    yield gauge(f.IDLE_AFTER, idle.after_seconds)
+    unknown = gauge(f.IDLE_UNKNOWN)
+    for reason, entries in sorted(idle.unknown.items()):
+        unknown.add_metric([reason], entries)
+    yield unknown
+    timeouts = gauge(f.STATE_TIMEOUT)
+    for transport, state, seconds in state_timeouts(idle.timeouts):
+        timeouts.add_metric([transport, state], seconds)
+    yield timeouts
 
 
 def _limit_families(last: PollResult) -> Iterator[Metric]:
@@ -133,7 +155,6 @@ def _counter_families(counters: CounterView) -> Iterator[Metric]:
         for labels, value in values.items():
             family.add_metric(labels, value)
         yield family
-    yield _by_family(gauge(f.SERIES_FOLDED), counters.folded)
     yield _by_family(counter(f.SERIES_EXPIRED), counters.expired)
     yield _by_family(gauge(f.SERIES_LABEL_SETS), counters.label_sets)
     yield _by_family(counter(f.SERIES_FORGOTTEN), counters.forgotten)
@@ -160,6 +181,18 @@ class KhanCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         return families(self._current(), self._events(), self._interval)
+
+
+def _folded_family(last: PollResult) -> Metric:
+    """khan_series_folded: the counting's families (khan_connection among them) and the idle ones."""
+    folded = {FAMILY_SPECS[family].name: number for family, number in (last.counters or CounterView()).folded.items()}
+    if last.idle is not None:
+        folded[f.CONNECTION_IDLE.name] = last.idle.folded
+        folded[f.CONNECTION_IDLE_MAX.name] = last.idle.longest_folded
+    metric = gauge(f.SERIES_FOLDED)
+    for name, number in sorted(folded.items()):
+        metric.add_metric([name], number)
+    return metric
 
 
 def _by_family(metric: GaugeMetricFamily | CounterMetricFamily, numbers: Mapping[Family, float]) -> Metric:

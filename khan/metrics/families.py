@@ -27,6 +27,41 @@ CONNECTION = MetricSpec(
     'seen_from=~"source|ingress" counts each connection in the cluster once.',
     CONNECTION_LABELS,
 )
+CONNECTION_IDLE = MetricSpec(
+    "khan_connection_idle",
+    "gauge",
+    "Connections of khan_connection's label set with no packet either way for at least --idle-after seconds, by the "
+    "kernel's own timer (state timeout - remaining timeout); TCP ESTABLISHED and UDP only, label sets with idle "
+    "connections only.",
+    CONNECTION_LABELS,
+)
+CONNECTION_IDLE_MAX = MetricSpec(
+    "khan_connection_idle_seconds_max",
+    "gauge",
+    "The longest idle time among the pair's idle connections (those khan_connection_idle counts), in seconds; "
+    "pairs with idle connections only.",
+    PAIR_LABELS,
+)
+IDLE_AFTER = MetricSpec(
+    "khan_connection_idle_after_seconds",
+    "gauge",
+    "Seconds without a packet after which a connection counts in khan_connection_idle (--idle-after).",
+)
+IDLE_UNKNOWN = MetricSpec(
+    "khan_connection_idle_unknown",
+    "gauge",
+    "Entries of the last poll in a state idle time is judged in whose idle time is unknown, so not counted idle: "
+    "above_state_timeout (more time left than the state's timeout: a timeout policy, or a sysctl changed since "
+    "their last packet), short_timer (TCP ESTABLISHED with at most the unacknowledged or max_retrans timeout left).",
+    ("reason",),
+)
+STATE_TIMEOUT = MetricSpec(
+    "khan_conntrack_state_timeout_seconds",
+    "gauge",
+    "The timeout an entry's timer is set back to on every packet, by transport and state, from the sysctls of the "
+    "namespace whose table is read (at every poll); idle time is judged by it.",
+    ("transport", "state"),
+)
 CONNECTION_LIMIT = MetricSpec(
     "khan_connection_limit",
     "gauge",
@@ -218,6 +253,11 @@ BUILD_INFO = MetricSpec(
 
 ALL: tuple[MetricSpec, ...] = (
     CONNECTION,
+    CONNECTION_IDLE,
+    CONNECTION_IDLE_MAX,
+    IDLE_AFTER,
+    IDLE_UNKNOWN,
+    STATE_TIMEOUT,
     CONNECTION_LIMIT,
     CONNECTION_LIMITS_IGNORED,
     POLL_INTERVAL,

@@ -12,18 +12,21 @@ from functools import partial
 
 import structlog
 
-from khan.attribution.connections import attribute_connections, count_flows
+from khan.attribution.connections import attribute_connections, attribute_longest
+from khan.attribution.dump_counts import DumpCounts
+from khan.attribution.idle import IdleRules
 from khan.attribution.labels import DEFAULT_POLICY, Attributor, LabelPolicy
 from khan.attribution.limits import bounded, declared_limits
-from khan.attribution.raw_keys import RAW_FLOW_FIELDS, RawKey
+from khan.attribution.raw_keys import RAW_FLOW_FIELDS
 from khan.conntrack.namespace import entered
 from khan.conntrack.netlink import DumpStats, dump_flows
 from khan.conntrack.runs import RunCounter
 from khan.conntrack.table import TableStats, read_table_stats
-from khan.counting.counters import CONNECTION_FOLDING, Counting
-from khan.counting.folding import fold_gauge
+from khan.conntrack.timeouts import read_state_timeouts
+from khan.counting.counters import CONNECTION_FOLDING, OPENED_FOLDING, Counting
+from khan.counting.folding import fold_gauge, fold_max
 from khan.inventory.index import Inventory
-from khan.polling.result import PollResult
+from khan.polling.result import IdleView, PollResult
 
 log = structlog.get_logger("khan.poll")
 
@@ -38,17 +41,22 @@ def poll(
     counting: Counting | None = None,
     max_series: int | None = None,
     catch_up_events: Callable[[], None] | None = None,
+    idle_after: int | None = None,
 ) -> PollResult:
     """Read the table of `netns` (None: this thread's namespace). Raises ConntrackError or NamespaceError.
 
     With `counting`, every entry also goes through its tracker and the counters are brought up to date.
-    `catch_up_events` (the event reader's, when subscribed) hands the tracker every event queued so far."""
+    `catch_up_events` (the event reader's, when subscribed) hands the tracker every event queued so far.
+    With `idle_after`, connections idle that long are counted too, by the namespace's own state timeouts."""
     started = time.perf_counter()
     with entered(netns):
-        counts, stats = _dump_consistent(attempts, counting, catch_up_events)
+        # Read where the table is, at every poll: each namespace has its own, and a changed one counts at once.
+        rules = None if idle_after is None else IdleRules(read_state_timeouts(), idle_after)
+        counts, stats = _dump_consistent(attempts, counting, catch_up_events, rules)
         table = _table_stats() if table_stats else None
     names = Attributor(inventory, node, policy)
-    connections = attribute_connections(counts, names)
+    connections = attribute_connections(counts.connections, names)
+    idle = _idle_view(counts, names, max_series)
     del counts  # one key per entry when every peer is new: let it go before the counters add theirs
     served, folded = (connections, 0) if max_series is None else fold_gauge(connections, max_series, CONNECTION_FOLDING)
     counters = None
@@ -72,33 +80,58 @@ def poll(
         limits=PollResult.freeze(limits),
         limits_invalid=inventory.invalid_limits,
         limits_dropped=limits_dropped,
+        idle=idle,
+    )
+
+
+def _idle_view(counts: DumpCounts, names: Attributor, max_series: int | None) -> IdleView | None:
+    if counts.rules is None:
+        return None
+    idle = attribute_connections(counts.idle, names)
+    longest = attribute_longest(counts.longest_idle, names)
+    idle_folded = longest_folded = 0
+    if max_series is not None:
+        idle, idle_folded = fold_gauge(idle, max_series, CONNECTION_FOLDING)
+        longest, longest_folded = fold_max(longest, max_series, OPENED_FOLDING)
+    return IdleView(
+        after_seconds=counts.rules.idle_after,
+        timeouts=counts.rules.timeouts,
+        connections=PollResult.freeze(idle),
+        longest=PollResult.freeze(longest),
+        unknown=dict(counts.unknown),
+        folded=idle_folded,
+        longest_folded=longest_folded,
     )
 
 
 def _dump_consistent(
-    attempts: int, counting: Counting | None, catch_up_events: Callable[[], None] | None
-) -> tuple[dict[RawKey, int], DumpStats]:
+    attempts: int, counting: Counting | None, catch_up_events: Callable[[], None] | None, rules: IdleRules | None
+) -> tuple[DumpCounts, DumpStats]:
     """Dumps until one is consistent (the kernel did not flag NLM_F_DUMP_INTR), `attempts` at most; the last is
     kept either way."""
     for attempt in range(1, max(1, attempts) + 1):
         stats = DumpStats()
-        counts = _dump(stats, counting, catch_up_events)
+        counts = _dump(stats, counting, catch_up_events, DumpCounts(rules))
         if not stats.interrupted:
             break
         log.debug("dump_interrupted", attempt=attempt, entries=stats.entries)
     return counts, stats
 
 
-def _dump(stats: DumpStats, counting: Counting | None, catch_up_events: Callable[[], None] | None) -> dict[RawKey, int]:
-    counts: dict[RawKey, int] = {}
+def _dump(
+    stats: DumpStats, counting: Counting | None, catch_up_events: Callable[[], None] | None, counts: DumpCounts
+) -> DumpCounts:
+    timed = counts.rules is not None
     if counting is None:  # no tracker: runs are only counted by key
-        runs = RunCounter(RAW_FLOW_FIELDS)
-        count_flows(dump_flows(stats, runs, prefetch=True), counts)
-        return runs.add_to(counts)
+        runs = RunCounter(RAW_FLOW_FIELDS, timed=timed)
+        for batch in dump_flows(stats, runs, prefetch=True):
+            counts.add_flows(batch)
+        counts.add_runs(runs)
+        return counts
     tracker = counting.tracker
     catch_up = catch_up_events or _nothing
     now = int(time.time())
-    runs = RunCounter(RAW_FLOW_FIELDS, track=partial(tracker.observe_run, now=now))
+    runs = RunCounter(RAW_FLOW_FIELDS, track=partial(tracker.observe_run, now=now), timed=timed)
     catch_up()  # what happened before the dump is applied as plain events
     tracker.begin_dump()
     complete = False
@@ -107,7 +140,7 @@ def _dump(stats: DumpStats, counting: Counting | None, catch_up_events: Callable
         # before it is decoded keeps the kernel's order (a reused id's DESTROY before the dump's look at the new
         # entry); events newer than the batch that come in with them are the tracker's to handle.
         for batch in dump_flows(stats, runs, prefetch=True, before_batch=catch_up):
-            count_flows((batch,), counts)
+            counts.add_flows(batch)
             tracker.observe_dump(batch, now)
         complete = not stats.interrupted
     finally:
@@ -115,7 +148,8 @@ def _dump(stats: DumpStats, counting: Counting | None, catch_up_events: Callable
         # bytes belong to this poll. A failed or interrupted dump keeps every record it did not reach.
         catch_up()
         tracker.end_dump(complete)
-    return runs.add_to(counts)
+    counts.add_runs(runs)
+    return counts
 
 
 def _nothing() -> None:

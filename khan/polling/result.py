@@ -8,7 +8,21 @@ from types import MappingProxyType
 
 from khan.attribution.schema import Labels
 from khan.conntrack.table import TableStats
+from khan.conntrack.timeouts import StateTimeouts
 from khan.counting.counters import CounterView
+
+
+@dataclass(frozen=True)
+class IdleView:
+    """The idle connections one poll found (--idle-after), as served."""
+
+    after_seconds: int
+    timeouts: StateTimeouts  # the namespace's state timeouts the poll judged by
+    connections: Mapping[Labels, int]  # khan_connection_idle: ConnectionLabels, and overflow series
+    longest: Mapping[Labels, int]  # khan_connection_idle_seconds_max: PAIR_LABELS, and overflow series
+    unknown: Mapping[str, int]  # reason -> entries whose idle time could not be known
+    folded: int = 0  # label sets of `connections` folded by --max-series
+    longest_folded: int = 0
 
 
 @dataclass(frozen=True)
@@ -29,6 +43,7 @@ class PollResult:
     limits: Mapping[Labels, int] = field(default_factory=dict)  # declared connection limits, LimitLabels
     limits_invalid: int = 0  # objects whose limit annotation is not a limit
     limits_dropped: int = 0  # destinations beyond --max-series whose limit is not served
+    idle: IdleView | None = None  # None: idle connections were not judged
 
     @staticmethod
     def freeze(connections: dict[Labels, int]) -> Mapping[Labels, int]:

@@ -10,12 +10,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from khan.conntrack.events import EventStats
 from khan.conntrack.table import TableStats
+from khan.conntrack.timeouts import StateTimeouts
 from khan.counting.counters import CounterView
 from khan.inventory.watch_stats import WatchStats
 from khan.metrics import families
 from khan.metrics.collector import KhanCollector
 from khan.metrics.watch_collector import WatchCollector
-from khan.polling.result import Health, PollResult
+from khan.polling.result import Health, IdleView, PollResult
 from tests.support import paths, tools
 
 GOLDEN = paths.FIXTURES / "golden" / "exposition.prom"
@@ -72,6 +73,23 @@ POLL = PollResult(
     ),
     limits={("service", "shop", "web-svc"): 300, ("pod", "shop", "pod-c"): 100},
     limits_invalid=1,
+    idle=IdleView(
+        after_seconds=600,
+        timeouts=StateTimeouts(432000, 300, 300, 30, 120),
+        connections={
+            (
+                "node1", "pod", "10.244.1.10", "shop", "web", "pod-a",
+                "service", "10.96.0.10", "shop", "web-svc", "web-svc", "80", "tcp", "ESTABLISHED", "source",
+            ): 2,
+        },
+        longest={
+            (
+                "node1", "pod", "10.244.1.10", "shop", "web", "pod-a",
+                "service", "10.96.0.10", "shop", "web-svc", "web-svc", "80", "tcp", "source",
+            ): 5400,
+        },
+        unknown={"above_state_timeout": 0, "short_timer": 1},
+    ),
 )  # fmt: skip
 EVENTS = EventStats(new=9, destroy=3, malformed=0, overflows=1, dropped=40)
 HEALTH = Health(last=POLL, polls=4, poll_errors=1, entries_read=20, entries_malformed=1, dumps_interrupted=0)
