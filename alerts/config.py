@@ -21,6 +21,9 @@ DEFAULT_VALUES = REPO / "deploy" / "helm" / "khan" / "values.yaml"
 # values schema's descriptions). A share is a fraction of 1; a duration is a number and one unit of s, m or h.
 THRESHOLDS: dict[str, str] = {
     "connectionLeakGrowth": "KhanConnectionLeak: connections one pair gains over an hour",
+    "idlePilingGrowth": "KhanIdleConnectionsPiling: idle connections one pair gains over an hour",
+    "idlePilingMinimum": "KhanIdleConnectionsPiling: idle connections of one pair, at least (with the share)",
+    "idlePilingShare": "KhanIdleConnectionsPiling: share of the pair's connections that are idle, at least",
     "serverOverloadedConnections": "KhanServerOverloaded: inbound connections of a destination, at least",
     "serverOverloadedRise": "KhanServerOverloaded: times the count of an hour ago, at least",
     "connectFailuresHalfOpen": "KhanConnectFailures: half-open TCP connections to one destination, at least",
@@ -38,6 +41,7 @@ THRESHOLDS: dict[str, str] = {
 }
 DURATIONS: dict[str, str] = {
     "connectionLeak": "KhanConnectionLeak",
+    "idlePiling": "KhanIdleConnectionsPiling",
     "serverOverloaded": "KhanServerOverloaded",
     "connectFailures": "KhanConnectFailures",
     "unknownClients": "KhanUnknownClients",

@@ -79,6 +79,7 @@ DROPS = khan("khan_conntrack_table_events_total", 'event=~"drop|early_drop|inser
 # Connections a server still holds: every state but those of a connection already closed (conntrack keeps TIME_WAIT
 # up to two minutes, CLOSE ten seconds), which a busy server of short requests has many of and no slot for.
 HELD_OPEN = khan("khan_connection", ONCE + ', state!~"TIME_WAIT|CLOSE"')
+IDLE = "khan:pair_idle_connections:count_once"
 DNS_UNREPLIED = khan("khan_connection", ONCE + ', transport="udp", dst_port="53", state="UNREPLIED"')
 
 CONNECTIONS = Group(
@@ -92,6 +93,11 @@ CONNECTIONS = Group(
             "khan:pair_connections:count_once",
             f"sum by ({PAIR})\n({khan('khan_connection', ONCE)})",
             "Connections right now from one source to one destination, counted once cluster-wide.",
+        ),
+        Record(
+            "khan:pair_idle_connections:count_once",
+            f"sum by ({PAIR})\n({khan('khan_connection_idle', ONCE)})",
+            "... of them idle: no packet either way for the agent's --idle-after (pairs with idle ones only).",
         ),
         Record(
             "khan:destination_connections:count_once",
@@ -123,6 +129,30 @@ CONNECTIONS = Group(
             """),
             "Up by the threshold or more over the hour and up in each of its quarters: a steady climb, not a\n"
             "one-off step (which rises in one quarter only) nor an oscillation (which falls in some quarter).",
+        ),
+        Alert(
+            "KhanIdleConnectionsPiling",
+            text(f"""
+                (
+                  ({IDLE} - {IDLE} offset 1h >= {t("idlePilingGrowth")})
+                  or ({IDLE} >= {t("idlePilingGrowth")} unless {IDLE} offset 1h)
+                )
+                or (
+                  ({IDLE} >= {t("idlePilingMinimum")})
+                  and ({IDLE} / khan:pair_connections:count_once >= {t("idlePilingShare")})
+                )
+            """),
+            "idlePiling",
+            "warning",
+            "{{ $labels.src_name }} holds idle connections to {{ $labels.dst_name }} that pile up",
+            text("""
+                Connections from {{ $labels.src_type }} {{ $labels.src_ns }}/{{ $labels.src_name }}
+                {{ $labels.src_ip }} to {{ $labels.dst_type }} {{ $labels.dst_ns }}/{{ $labels.dst_name }} that
+                sent no packet for the agent's --idle-after rose by many over the last hour, or are most of the
+                pair's connections; khan_connection_idle_seconds_max says for how long.
+            """),
+            "Idle connections are the kernel's own word that nobody uses them: a client that opens connections\n"
+            "and forgets them piles them up; a busy pool, however it grows and shrinks, uses its connections.",
         ),
         Alert(
             "KhanServerOverloaded",
