@@ -253,25 +253,43 @@ def service_map(on: Inputs) -> Any:
 
 def leak(on: Inputs) -> Any:
     chosen = f'{on.once}, src_name=~"$source", dst_name=~"$destination"'
+    pair = on.by("src_name, dst_ns, dst_name")
     return board(
         on,
         "khan-leak",
         "khan / Connection leak investigation",
-        "For a chosen source or destination: connections over time by peer, their growth, and the states that "
-        "pile up when a side never closes.",
+        "For a chosen source or destination: connections over time by peer, their growth, which of them sit idle "
+        "and for how long (a leak's own sign), and the states that pile up when a side never closes.",
         "leak",
         [
-            graph("Connections by peer", f"sum by (src_name, dst_ns, dst_name) (khan_connection{{{chosen}}})",
+            graph("Connections by peer", f"sum {pair} (khan_connection{{{chosen}}})",
                   "{{src_name}} -> {{dst_ns}}/{{dst_name}}"),
-            graph("Growth over the last hour", f"sum by (src_name, dst_ns, dst_name) (khan_connection{{{chosen}}})"
-                  f" - sum by (src_name, dst_ns, dst_name) (khan_connection{{{chosen}}} offset 1h)",
+            graph("Growth over the last hour", f"sum {pair} (khan_connection{{{chosen}}})"
+                  f" - sum {pair} (khan_connection{{{chosen}}} offset 1h)",
                   "{{src_name}} -> {{dst_ns}}/{{dst_name}}"),
-            graph("TIME_WAIT, CLOSE_WAIT and other closing states", f"sum by (state) "
+            graph("Idle connections by pair", f"sum {pair} (khan_connection_idle{{{chosen}}})",
+                  "{{src_name}} -> {{dst_ns}}/{{dst_name}}",
+                  description="Connections with no packet either way for the agent's --idle-after (10 minutes by "
+                  "default), by the kernel's own timers. A leak's connections turn idle and climb here; a busy "
+                  "pool, growing or not, uses its connections and stays near 0. KhanIdleConnectionsPiling fires "
+                  "on a climb or when most of a pair's connections are idle."),
+            graph("Longest idle time by pair", f"max {pair} (khan_connection_idle_seconds_max{{{chosen}}})",
+                  "{{src_name}} -> {{dst_ns}}/{{dst_name}}", "s",
+                  description="How long the pair's most silent connection has sent nothing: a line that rises by "
+                  "an hour every hour is a connection nobody will use again. Pairs with idle connections only."),
+            graph("Share of the pair's connections idle", f"sum {pair} (khan_connection_idle{{{chosen}}})"
+                  f" / sum {pair} (khan_connection{{{chosen}}})", "{{src_name}} -> {{dst_ns}}/{{dst_name}}",
+                  "percentunit"),
+            graph("TIME_WAIT, CLOSE_WAIT and other closing states", f"sum {on.by('state')} "
                   f'(khan_connection{{{chosen}, state=~"TIME_WAIT|CLOSE_WAIT|FIN_WAIT|LAST_ACK|CLOSE"}})', "{{state}}"),
-            graph("New connections per second", f"sum by (src_name, dst_name) "
+            graph("New connections per second", f"sum {on.by('src_name, dst_name')} "
                   f"(rate(khan_connections_opened_total{{{chosen}}}[{RATE}]))", "{{src_name}} -> {{dst_name}}", "cps"),
-            top("Peers now", f"sort_desc(sum by (src_type, src_ns, src_name, dst_type, dst_ns, dst_name, state) "
+            top("Peers now", f"sort_desc(sum {on.by('src_type, src_ns, src_name, dst_type, dst_ns, dst_name, state')} "
                 f"(khan_connection{{{chosen}}}))"),
+            top("Idle peers now, longest idle first",
+                f"sort_desc(max {on.by('src_type, src_ns, src_name, dst_type, dst_ns, dst_name')} "
+                f"(khan_connection_idle_seconds_max{{{chosen}}}))",
+                "The longest idle time (seconds) of each pair that has idle connections."),
         ],
         extra=(
             ("source", f"label_values(khan_connection{{{on.khan}}}, src_name)"),
