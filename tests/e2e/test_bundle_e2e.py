@@ -2,7 +2,9 @@
 --netns), a real Prometheus 2.42 scraping them with alerts/ loaded, a real Alertmanager, and a webhook the test
 runs. Every dashboard query executes against that Prometheus and the main panels show the lab's traffic; a
 client that never closes its connections makes KhanConnectionLeak reach the webhook, naming client and server,
-and stopping it resolves the alert; a flood from a new client makes KhanServerOverloaded reach it.
+and stopping it resolves the alert; its connections, silent, make KhanIdleConnectionsPiling reach it first (the
+agents run with --idle-after 2) and show on the leak dashboard; a flood from a new client makes
+KhanServerOverloaded reach it.
 
 The rules are a test copy of alerts/khan.rules.yml with every duration divided by 30 (`scaled_rules`): an hour
 becomes 2 minutes, a quarter 30 s, `for: 15m` 30 s. Thresholds are unchanged.
@@ -16,6 +18,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -35,6 +38,8 @@ REPO = paths.REPO
 SCALE = 30
 AGENTS = {"node1": 9986, "node2": 9987}
 LEAK_PORT, FLOOD_PORT = 7001, 7002
+LEAK_PAIR = ("pod-a", "pod-b")
+IDLE_AFTER = 2  # seconds: a leaked connection, never used after its handshake, is idle two polls later
 
 
 def test_scaling_divides_every_duration() -> None:
@@ -60,7 +65,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, Webho
         try:
             for node, port in AGENTS.items():
                 argv = [*KHAN, "agent", "--inventory", str(inventory), "--node-name", node, "--interval", "1"]
-                argv += ["--listen", f"127.0.0.1:{port}", "--log-format", "json"]
+                argv += ["--listen", f"127.0.0.1:{port}", "--log-format", "json", "--idle-after", str(IDLE_AFTER)]
                 if node != "node1":
                     argv += ["--netns", lab.netns(node)]
                 processes.append(start(lab, argv, work / f"agent-{node}.log"))
@@ -107,9 +112,17 @@ def test_a_flood_from_a_new_client_reaches_the_webhook_as_server_overloaded(stac
     assert alert["annotations"]["runbook_url"] == f"{config.load().runbook_url}#khanserveroverloaded"
 
 
+def idle_piling(webhook: Webhook, status: str) -> list[dict[str, Any]]:
+    """KhanIdleConnectionsPiling alerts of the leak's pair (the demo's own silent connections may pile up too)."""
+    alerts = webhook.alerts("KhanIdleConnectionsPiling", status)
+    return [alert for alert in alerts if (alert["labels"]["src_name"], alert["labels"]["dst_name"]) == LEAK_PAIR]
+
+
 def test_a_leaking_client_reaches_the_webhook_and_stopping_it_resolves_the_alert(stack: tuple[Lab, Webhook]) -> None:
     lab, webhook = stack
     leaked: list[socket.socket] = []
+    leak_board = json.loads((REPO / "dashboards" / "khan-leak.json").read_text())
+    idle_panel = next(panel for panel in leak_board["panels"] if panel["title"] == "Idle connections by pair")
     with holding_server(lab, "pod-b", "10.244.1.11", LEAK_PORT):
         try:
             deadline = time.monotonic() + 300
@@ -117,10 +130,19 @@ def test_a_leaking_client_reaches_the_webhook_and_stopping_it_resolves_the_alert
                 leaked.append(connect(lab, "pod-a", "10.244.1.11", LEAK_PORT))  # one a second, never closed
                 time.sleep(1)
             (alert,) = webhook.alerts("KhanConnectionLeak", "firing")
+            # The leaked connections are silent: idle ones pile up, and the alert that says so came first.
+            (piling,) = idle_piling(webhook, "firing")
+            shown = instant(lab, filled(idle_panel["targets"][0]["expr"]))
+            idle_now = {(s["metric"].get("src_name"), s["metric"].get("dst_name")): float(s["value"][1]) for s in shown}
         finally:
             for client in leaked:
                 client.close()
-        assert (alert["labels"]["src_name"], alert["labels"]["dst_name"]) == ("pod-a", "pod-b")
+        assert (alert["labels"]["src_name"], alert["labels"]["dst_name"]) == LEAK_PAIR
         assert alert["annotations"]["summary"].startswith("pod-a keeps opening connections to pod-b")
+        assert piling["startsAt"][:19] < alert["startsAt"][:19]  # to the second: both are RFC 3339, UTC
+        assert piling["annotations"]["summary"] == "pod-a holds idle connections to pod-b that pile up"
+        assert idle_now[LEAK_PAIR] >= 50
         (resolved,) = wait_for(lambda: webhook.alerts("KhanConnectionLeak", "resolved"), 120, "leak resolved")
         assert resolved["labels"] == alert["labels"]
+        (settled,) = wait_for(lambda: idle_piling(webhook, "resolved"), 120, "idle piling resolved")
+        assert settled["labels"] == piling["labels"]
