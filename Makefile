@@ -80,11 +80,13 @@ image: system-deps
 demo: deps
 	$(BIN)/khan demo
 
-# decode.py and tracker_hot_loops.py time the two per-entry loops without a kernel; give them `--before` another
+# decode.py and tracker_hot_loops.py time the two per-entry loops without a kernel (idle_tally.py the idle judging
+# after them); give the first two `--before` another
 # checkout's module to compare side by side.
 bench: deps apiserver
 	$(BIN)/python benchmarks/decode.py
 	$(BIN)/python benchmarks/tracker_hot_loops.py
+	$(BIN)/python benchmarks/idle_tally.py
 	$(BIN)/python benchmarks/snapshot_vs_conntrack.py
 	$(BIN)/python benchmarks/inventory_scale.py
 	$(BIN)/python benchmarks/agent_memory.py --api

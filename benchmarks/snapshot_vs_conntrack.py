@@ -10,6 +10,11 @@ before each batch of the dump (a quiet table: what the catch-up itself costs), t
 Also reports what the tracker's state of a full table costs in memory (RSS growth, and tracemalloc of one fresh
 tracker). Run as root. Everything it makes is removed on exit.
 
+`khan snapshot` also runs with `--idle-after 1`, where every entry of the table is idle (the idle tallies' worst
+case). With `--baseline TREE` (another checkout of khan, such as `git worktree add /tmp/base <commit>`), that
+tree's `khan snapshot` is timed too, alternately with the others on the same table: a change's cost measured in
+one run.
+
 khan's own modules are byte-compiled first, as installing khan (the image's `pip install .`) compiles them: the
 editable install of `make deps`, under PYTHONDONTWRITEBYTECODE, would otherwise compile them from source on
 every run, about 0.1 s that an installed khan never spends.
@@ -17,6 +22,7 @@ every run, about 0.1 s that an installed khan never spends.
 
 from __future__ import annotations
 
+import argparse
 import gc
 import os
 import resource
@@ -58,10 +64,10 @@ def table_count() -> int:
     return int(out.strip())
 
 
-def timed(argv: list[str]) -> tuple[float, int, bytes]:
-    """Wall seconds, peak RSS in KiB, stdout."""
+def timed(argv: list[str], cwd: Path | None = None) -> tuple[float, int, bytes]:
+    """Wall seconds, peak RSS in KiB, stdout. `python -m khan` runs the khan of `cwd` (the first of sys.path)."""
     started = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, cwd=cwd)
     out = proc.stdout.read() if proc.stdout else b""
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
@@ -71,12 +77,16 @@ def timed(argv: list[str]) -> tuple[float, int, bytes]:
     return wall, usage.ru_maxrss, out
 
 
-def counted(exposition: bytes) -> int:
+def counted(exposition: bytes, family: str = "khan_connection") -> int:
     total = 0.0
     for line in exposition.decode().splitlines():
-        if line.startswith("khan_connection{"):
+        if line.startswith(family + "{"):
             total += float(line.rsplit(" ", 1)[1])
     return int(total)
+
+
+def idle(exposition: bytes) -> int:
+    return counted(exposition, "khan_connection_idle")
 
 
 @dataclass
@@ -167,21 +177,32 @@ def events_polls(inventory: Inventory) -> tuple[list[float], list[float]]:
 def main() -> None:
     if os.geteuid() != 0:
         raise SystemExit("the benchmark needs root (it builds a network namespace)")
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(Path(khan.__file__).parent)], check=True)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--baseline", type=Path, help="another checkout of khan whose snapshot is timed alongside")
+    baseline = parser.parse_args().baseline
+    here = Path(khan.__file__).parent.parent
+    for tree in (here, baseline) if baseline else (here,):
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "khan")], check=True)
     snapshot = [sys.executable, "-m", "khan", "snapshot", "--node-name", "bench", "--log-level", "error"]
     with table_namespace(NETNS):
         started = time.perf_counter()
         fill_udp_flows(NETNS, FLOWS)
         fill_seconds = time.perf_counter() - started
         entries = table_count()
-        conntrack_runs, khan_runs = [], []
+        conntrack_runs, khan_runs, all_idle_runs, baseline_runs = [], [], [], []
         khan_counted = set()
         for _ in range(RUNS):
             wall, rss, _ = timed(in_ns("sh", "-c", "exec conntrack -L > /dev/null 2>&1"))
             conntrack_runs.append((wall, rss))
-            wall, rss, out = timed(in_ns(*snapshot))
+            wall, rss, out = timed(in_ns(*snapshot), cwd=here)
             khan_runs.append((wall, rss))
             khan_counted.add(counted(out))
+            wall, rss, out = timed(in_ns(*snapshot, "--idle-after", "1"), cwd=here)
+            all_idle_runs.append((wall, rss))
+            idle_counted = idle(out)
+            if baseline:
+                wall, rss, _ = timed(in_ns(*snapshot), cwd=baseline)
+                baseline_runs.append((wall, rss))
         inventory = build_inventory(())
         polls = [poll(inventory, "bench", NETNS).duration_seconds for _ in range(RUNS)]
         counted_polls = counting_polls(inventory)
@@ -191,6 +212,8 @@ def main() -> None:
     khan_wall = statistics.median(w for w, _ in khan_runs)
     ct_rss = statistics.median(r for _, r in conntrack_runs) / 1024
     khan_rss = statistics.median(r for _, r in khan_runs) / 1024
+    all_idle_wall = statistics.median(w for w, _ in all_idle_runs)
+    all_idle_rss = statistics.median(r for _, r in all_idle_runs) / 1024
     poll_wall = statistics.median(polls)
     counting_wall = statistics.median(counted_polls.steady_seconds)
     lines = [
@@ -201,13 +224,30 @@ def main() -> None:
         "| --- | --- | --- |",
         f"| `conntrack -L > /dev/null` | {ct_wall:.2f} s | {ct_rss:.0f} MB |",
         f"| `khan snapshot > /dev/null` | {khan_wall:.2f} s | {khan_rss:.0f} MB |",
+        f"| `khan snapshot --idle-after 1 > /dev/null` (every entry idle: {idle_counted} counted)"
+        f" | {all_idle_wall:.2f} s | {all_idle_rss:.0f} MB |",
+        *(
+            [
+                f"| `khan snapshot` of {baseline} | {statistics.median(w for w, _ in baseline_runs):.2f} s"
+                f" | {statistics.median(r for _, r in baseline_runs) / 1024:.0f} MB |"
+            ]
+            if baseline
+            else []
+        ),
         f"| agent poll (in process, imports excluded) | {poll_wall:.2f} s | |",
         f"| agent poll, counters on (--aggregate workload, --max-series {MAX_SERIES}), steady state"
         f" | {counting_wall:.2f} s | |",
         f"| agent poll, counters on, first poll (the tracker's baseline; one run)"
         f" | {counted_polls.baseline_seconds:.2f} s | |",
         "",
-        f"khan / conntrack -L wall: {khan_wall / ct_wall:.2f}x (target <= 1.0x, aim 0.9x)",
+        f"khan / conntrack -L wall: {khan_wall / ct_wall:.2f}x (target <= 1.0x, aim 0.9x);"
+        f" every entry idle: {all_idle_wall / ct_wall:.2f}x"
+        + (
+            f"; the baseline's: {statistics.median(w for w, _ in baseline_runs) / ct_wall:.2f}x"
+            f" (this tree / the baseline: {khan_wall / statistics.median(w for w, _ in baseline_runs):.3f}x)"
+            if baseline
+            else ""
+        ),
         f"connections counted by khan: {sorted(khan_counted)} (table size {entries})",
         f"agent poll with counters on / conntrack -L wall: {counting_wall / ct_wall:.2f}x (in process, imports"
         f" excluded; target <= 1.0x, aim 0.75x); / plain agent poll: {counting_wall / poll_wall:.2f}x;"
@@ -227,6 +267,8 @@ def main() -> None:
     (RESULTS / "latest.md").write_text(report + "\n")
     if khan_counted != {entries}:
         raise SystemExit("khan did not count every entry of the table")
+    if idle_counted != entries:
+        raise SystemExit(f"--idle-after 1 counted {idle_counted} idle entries of {entries}")
     if counted_polls.tracked != entries or counted_polls.opened != 0:
         raise SystemExit("the tracker did not hold the table as it is")
 
