@@ -39,6 +39,7 @@ EVERYTHING_BUT_MONITORS = {
             "externalIps": "drop",
             "events": "on",
             "eventBuffer": 67108864,
+            "idleAfter": 1200,
             "counterTtl": 600,
             "deletedPodGrace": 60,
             "watchTimeout": 240,

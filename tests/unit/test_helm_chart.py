@@ -161,6 +161,7 @@ def test_every_agent_value_becomes_its_flag() -> None:
         "--external-ips=drop",
         "--events=on",
         "--event-buffer=67108864",  # a whole number, not 6.7108864e+07
+        "--idle-after=1200",
         "--counter-ttl=600",
         "--deleted-pod-grace=60",
         "--watch-timeout=240",
