@@ -401,7 +401,10 @@ def conntrack_table(on: Inputs) -> Any:
 
 def health(on: Inputs) -> Any:
     khan = f"{{{on.khan}}}"
-    families = "khan_connection|khan_connections_opened_total|khan_flow_bytes_total|khan_service_transactions_total"
+    families = (
+        "khan_connection|khan_connection_idle|khan_connection_idle_seconds_max|khan_connections_opened_total"
+        "|khan_flow_bytes_total|khan_service_transactions_total"
+    )
     return board(
         on,
         "khan-health",

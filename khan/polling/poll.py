@@ -56,7 +56,7 @@ def poll(
         table = _table_stats() if table_stats else None
     names = Attributor(inventory, node, policy)
     connections = attribute_connections(counts.connections, names)
-    idle = _idle_view(counts, names, max_series)
+    idle = idle_view(counts, names, max_series)
     del counts  # one key per entry when every peer is new: let it go before the counters add theirs
     served, folded = (connections, 0) if max_series is None else fold_gauge(connections, max_series, CONNECTION_FOLDING)
     counters = None
@@ -84,7 +84,8 @@ def poll(
     )
 
 
-def _idle_view(counts: DumpCounts, names: Attributor, max_series: int | None) -> IdleView | None:
+def idle_view(counts: DumpCounts, names: Attributor, max_series: int | None) -> IdleView | None:
+    """The idle connections of a dump's counts, attributed and folded as served; None where none were judged."""
     if counts.rules is None:
         return None
     idle = attribute_connections(counts.idle, names)

@@ -23,6 +23,7 @@ from khan.conntrack.timeouts import StateTimeouts, read_state_timeouts
 from khan.counting.counters import OPENED_FOLDING
 from khan.counting.folding import OVERFLOW, fold_max
 from khan.inventory.index import build_inventory
+from khan.polling.poll import idle_view
 
 DEFAULTS = StateTimeouts(
     tcp_timeout_established=432_000,
@@ -179,3 +180,23 @@ def test_timeouts_are_read_from_the_sysctls_and_missing_ones_are_none(tmp_path: 
     ):
         (tmp_path / f"nf_conntrack_{name}").write_text(text)
     assert read_state_timeouts(tmp_path) == StateTimeouts(7200, 300, None, None, None)
+
+
+def test_the_idle_families_fold_under_max_series_with_exact_sums_and_maxima() -> None:
+    counts = DumpCounts(IdleRules(DEFAULTS, 600))
+    # 300 outside clients, each with one pair of idle connections to the same server, idle 1,000 s + i.
+    counts.add((key(bytes((192, 0, 2 + i // 250, i % 250 + 1))), 431_000 - i, 2) for i in range(300))
+    view = idle_view(counts, Attributor(build_inventory(()), "node1"), max_series=100)
+    assert view is not None
+    assert len(view.connections) == 100
+    assert view.folded == 201  # 99 kept by name and the one overflow series of their group
+    assert sum(view.connections.values()) == 600  # folding sums: none lost
+    assert len(view.longest) == 100
+    assert view.longest_folded == 201
+    assert max(view.longest.values()) == 1_299  # the longest stays by name
+    (overflow,) = [labels for labels, seconds in view.longest.items() if OVERFLOW in labels]
+    assert view.longest[overflow] == 1_200  # the longest of those folded
+
+
+def test_noidle_view_without_timeouts() -> None:
+    assert idle_view(DumpCounts(None), Attributor(build_inventory(()), "node1"), max_series=100) is None
