@@ -39,7 +39,7 @@ from tests.support.ct_messages import encoded
 
 BATCH_BYTES = 32 * 1024
 ESTABLISHED = 3
-TIMEOUTS = StateTimeouts(432_000, 300, 300, 30, 120)
+TIMEOUTS = StateTimeouts(432_000, 300, 300, 10, 30, 120)
 SERVER = socket.inet_aton("10.96.0.20")
 
 

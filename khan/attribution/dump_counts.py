@@ -29,7 +29,7 @@ class DumpCounts:
     def __init__(self, rules: IdleRules | None) -> None:
         self.rules = rules
         self.connections: dict[RawKey, int] = {}
-        self.idle: dict[RawKey, int] = {}  # entries idle at least rules.idle_after
+        self.idle: dict[RawKey, int] = {}  # entries idle at least rules.idle_after (more, as the kernel rounds)
         self.longest_idle: dict[PairKey, int] = {}  # seconds, over the pair's idle entries only
         self.unknown: dict[str, int] = dict.fromkeys(UNKNOWN_REASONS.values(), 0)  # reason -> entries
         self._limits: dict[tuple[int, int, int], tuple[int, int] | None] = {}  # by (proto, tcp_state, status)
@@ -95,7 +95,7 @@ class DumpCounts:
         else:
             limits = self._limits[state] = rules.limits(proto, tcp_state, status)
         seconds = verdict_of(limits, remaining)
-        if seconds >= rules.idle_after:
+        if seconds > rules.idle_after:  # at least idle_after seconds of silence: the kernel rounds remaining down
             self.idle[key] = self.idle.get(key, 0) + count
             pair = (proto, src, dst, dport, endpoint)
             if seconds > self.longest_idle.get(pair, -1):

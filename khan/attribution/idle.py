@@ -10,9 +10,12 @@ Two cases leave the idle time unknown, and the entry is not counted idle:
 - ABOVE_STATE_TIMEOUT: more time remains than the state's timeout gives. Something else set the timer: a timeout
   policy (nftables `ct timeout`, the CT target), `conntrack -U --timeout`, or a sysctl lowered since the entry's
   last packet.
-- SHORT_TIMER: an ESTABLISHED entry with no more than nf_conntrack_tcp_timeout_unacknowledged or _max_retrans
-  left. The kernel sets those shorter timers while data is unacknowledged, after retransmissions or on a zero
-  window, so the entry may have been used a moment ago, or have been silent for nearly the whole timeout.
+- SHORT_TIMER: an ESTABLISHED entry with no more than nf_conntrack_tcp_timeout_unacknowledged, _max_retrans or
+  _close left. The kernel sets those shorter timers while data is unacknowledged, after retransmissions, on a zero
+  window or an RST it lets through without closing, so the entry may have been used a moment ago, or have been
+  silent for nearly the whole timeout.
+Entries with a fixed timeout (no packet resets it) or offloaded to a flowtable (sent without a timeout) are not
+judged either.
 """
 
 from __future__ import annotations
@@ -20,12 +23,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Final
 
-from khan.conntrack.decode import IPPROTO_TCP, IPS_ASSURED
+from khan.conntrack.decode import IPPROTO_TCP, IPS_ASSURED, IPS_FIXED_TIMEOUT, IPS_OFFLOAD
 from khan.conntrack.timeouts import StateTimeouts
 
 TCP_ESTABLISHED: Final = 3  # enum tcp_conntrack
 IPPROTO_UDP: Final = 17
 IPPROTO_UDPLITE: Final = 136  # shares UDP's timeouts (nf_conntrack_proto_udp.c)
+
+# Entries whose timer no packet resets (a fixed timeout), or that the kernel sends without one (offloaded to a
+# flowtable: their timeout would read as 0, fully idle, while a flowtable forwards their packets).
+_UNTIMED: Final = IPS_FIXED_TIMEOUT | IPS_OFFLOAD
 
 # What `IdleRules.verdict` says besides a number of idle seconds (which is never negative).
 NOT_JUDGED: Final = -1
@@ -48,7 +55,11 @@ class IdleRules:
         short = NO_SHORT_TIMER
         if established is not None:
             # A short timer is only ever set when it is shorter than the state's (tcp_packet()).
-            shorter = (timeouts.tcp_timeout_unacknowledged, timeouts.tcp_timeout_max_retrans)
+            shorter = (
+                timeouts.tcp_timeout_unacknowledged,
+                timeouts.tcp_timeout_max_retrans,
+                timeouts.tcp_timeout_close,
+            )
             short = max((value for value in shorter if value is not None and value < established), default=short)
         self._tcp_established: _Limits = None if established is None else (established, short)
         self._udp = _plain(timeouts.udp_timeout)
@@ -56,6 +67,8 @@ class IdleRules:
 
     def limits(self, proto: int, tcp_state: int, status: int) -> _Limits:
         """The limits of an entry of this protocol, TCP state and status bits."""
+        if status & _UNTIMED:
+            return None
         if proto == IPPROTO_TCP:
             return self._tcp_established if tcp_state == TCP_ESTABLISHED else None
         if proto in (IPPROTO_UDP, IPPROTO_UDPLITE):

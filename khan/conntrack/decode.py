@@ -68,6 +68,8 @@ CTA_COUNTERS_BYTES = 2
 # Status bits (include/uapi/linux/netfilter/nf_conntrack_common.h).
 IPS_SEEN_REPLY = 1 << 1
 IPS_ASSURED = 1 << 2
+IPS_FIXED_TIMEOUT = 1 << 10  # no packet resets the entry's timer
+IPS_OFFLOAD = 1 << 14  # a flowtable forwards it: the kernel sends neither its timeout nor its protocol state
 
 AF_INET = 2
 AF_INET6 = 10

@@ -18,9 +18,11 @@ class StateTimeouts(NamedTuple):
 
     tcp_timeout_established: int | None
     # An ESTABLISHED entry's timer is set to these instead while data is unacknowledged, after too many
-    # retransmissions or on a zero window (nf_conntrack_proto_tcp.c), when they are the shorter.
+    # retransmissions or on a zero window, or on an RST that leaves it ESTABLISHED (nf_conntrack_proto_tcp.c),
+    # when they are the shorter.
     tcp_timeout_unacknowledged: int | None
     tcp_timeout_max_retrans: int | None
+    tcp_timeout_close: int | None  # also set by an in-window RST the entry stays ESTABLISHED through
     udp_timeout: int | None  # unreplied, or replied within its first two seconds
     udp_timeout_stream: int | None  # ASSURED: replied, and still used after two seconds
 
