@@ -3,8 +3,7 @@ per group (the labels a family keeps when folding: src_type, dst_type, transport
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from operator import add
+from collections.abc import Callable, Collection, Mapping
 
 from khan.attribution.schema import Labels
 
@@ -33,17 +32,6 @@ class Folding:
 def fold_gauge(series: Mapping[Labels, int], max_series: int, folding: Folding) -> tuple[dict[Labels, int], int]:
     """At most `max_series` series: the largest stay, the rest are summed into their overflow series.
     Returns the series and how many were folded."""
-    return _fold(series, max_series, folding, add)
-
-
-def fold_max(series: Mapping[Labels, int], max_series: int, folding: Folding) -> tuple[dict[Labels, int], int]:
-    """fold_gauge for a family of maxima: each overflow series holds the largest value folded into it."""
-    return _fold(series, max_series, folding, max)
-
-
-def _fold(
-    series: Mapping[Labels, int], max_series: int, folding: Folding, combine: Callable[[int, int], int]
-) -> tuple[dict[Labels, int], int]:
     if len(series) <= max_series:
         return dict(series), 0
     groups = {folding.overflow_of(labels) for labels in series}
@@ -52,5 +40,20 @@ def _fold(
     kept = dict(ranked[:room])
     for labels, value in ranked[room:]:
         overflow = folding.overflow_of(labels)
-        kept[overflow] = combine(kept[overflow], value) if overflow in kept else value
+        kept[overflow] = kept.get(overflow, 0) + value
     return kept, len(ranked) - room
+
+
+def fold_as(
+    series: Mapping[Labels, int], kept: Collection[Labels], folding: Folding, combine: Callable[[int, int], int]
+) -> tuple[dict[Labels, int], int]:
+    """Fold a family the way another was folded: a series whose label set `kept` holds stays, the others are
+    combined (summed, or their maximum) into their overflow series. Returns the series and how many were folded."""
+    out: dict[Labels, int] = {}
+    folded = 0
+    for labels, value in series.items():
+        if labels not in kept:
+            labels = folding.overflow_of(labels)
+            folded += 1
+        out[labels] = combine(out[labels], value) if labels in out else value
+    return out, folded

@@ -185,7 +185,10 @@ class KhanCollector(Collector):
 
 def _folded_family(last: PollResult) -> Metric:
     """khan_series_folded: the counting's families (khan_connection among them) and the idle ones."""
-    folded = {FAMILY_SPECS[family].name: number for family, number in (last.counters or CounterView()).folded.items()}
+    folded: dict[str, float] = {f.CONNECTION.name: last.connections_folded}
+    folded.update(
+        (FAMILY_SPECS[family].name, number) for family, number in (last.counters or CounterView()).folded.items()
+    )
     if last.idle is not None:
         folded[f.CONNECTION_IDLE.name] = last.idle.folded
         folded[f.CONNECTION_IDLE_MAX.name] = last.idle.longest_folded

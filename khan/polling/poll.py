@@ -23,8 +23,8 @@ from khan.conntrack.netlink import DumpStats, dump_flows
 from khan.conntrack.runs import RunCounter
 from khan.conntrack.table import TableStats, read_table_stats
 from khan.conntrack.timeouts import read_state_timeouts
-from khan.counting.counters import CONNECTION_FOLDING, OPENED_FOLDING, Counting
-from khan.counting.folding import fold_gauge, fold_max
+from khan.counting.counters import CONNECTION_FOLDING, Counting
+from khan.counting.folding import fold_gauge
 from khan.inventory.index import Inventory
 from khan.polling.result import IdleView, PollResult
 
@@ -56,9 +56,11 @@ def poll(
         table = _table_stats() if table_stats else None
     names = Attributor(inventory, node, policy)
     connections = attribute_connections(counts.connections, names)
-    idle = idle_view(counts, names, max_series)
+    idle = idle_view(counts, names)
     del counts  # one key per entry when every peer is new: let it go before the counters add theirs
     served, folded = (connections, 0) if max_series is None else fold_gauge(connections, max_series, CONNECTION_FOLDING)
+    if idle is not None and folded:
+        idle = idle.folded_as(served)
     counters = None
     if counting is not None:
         accounting = table.accounting if table is not None else None
@@ -81,27 +83,20 @@ def poll(
         limits_invalid=inventory.invalid_limits,
         limits_dropped=limits_dropped,
         idle=idle,
+        connections_folded=folded,
     )
 
 
-def idle_view(counts: DumpCounts, names: Attributor, max_series: int | None) -> IdleView | None:
-    """The idle connections of a dump's counts, attributed and folded as served; None where none were judged."""
+def idle_view(counts: DumpCounts, names: Attributor) -> IdleView | None:
+    """The idle connections of a dump's counts, attributed; None where none were judged."""
     if counts.rules is None:
         return None
-    idle = attribute_connections(counts.idle, names)
-    longest = attribute_longest(counts.longest_idle, names)
-    idle_folded = longest_folded = 0
-    if max_series is not None:
-        idle, idle_folded = fold_gauge(idle, max_series, CONNECTION_FOLDING)
-        longest, longest_folded = fold_max(longest, max_series, OPENED_FOLDING)
     return IdleView(
         after_seconds=counts.rules.idle_after,
         timeouts=counts.rules.timeouts,
-        connections=PollResult.freeze(idle),
-        longest=PollResult.freeze(longest),
+        connections=PollResult.freeze(attribute_connections(counts.idle, names)),
+        longest=PollResult.freeze(attribute_longest(counts.longest_idle, names)),
         unknown=dict(counts.unknown),
-        folded=idle_folded,
-        longest_folded=longest_folded,
     )
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from operator import add
 from types import MappingProxyType
 
-from khan.attribution.schema import Labels
+from khan.attribution.schema import Labels, pair_of
 from khan.conntrack.table import TableStats
 from khan.conntrack.timeouts import StateTimeouts
-from khan.counting.counters import CounterView
+from khan.counting.counters import CONNECTION_FOLDING, OPENED_FOLDING, CounterView
+from khan.counting.folding import fold_as
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,20 @@ class IdleView:
     unknown: Mapping[str, int]  # reason -> entries whose idle time could not be known
     folded: int = 0  # label sets of `connections` folded by --max-series
     longest_folded: int = 0
+
+    def folded_as(self, served: Mapping[Labels, int]) -> IdleView:
+        """Folded as khan_connection was (`served`, its series once folded): a label set, or a pair, keeps its own
+        series here only where it kept one there, so idle / total is right for every series, overflow included."""
+        kept_pairs = {pair_of(labels) for labels in served}
+        connections, folded = fold_as(self.connections, served.keys(), CONNECTION_FOLDING, add)
+        longest, longest_folded = fold_as(self.longest, kept_pairs, OPENED_FOLDING, max)
+        return replace(
+            self,
+            connections=MappingProxyType(connections),
+            longest=MappingProxyType(longest),
+            folded=folded,
+            longest_folded=longest_folded,
+        )
 
 
 @dataclass(frozen=True)
@@ -44,6 +60,7 @@ class PollResult:
     limits_invalid: int = 0  # objects whose limit annotation is not a limit
     limits_dropped: int = 0  # destinations beyond --max-series whose limit is not served
     idle: IdleView | None = None  # None: idle connections were not judged
+    connections_folded: int = 0  # label sets of khan_connection folded by --max-series
 
     @staticmethod
     def freeze(connections: dict[Labels, int]) -> Mapping[Labels, int]:
