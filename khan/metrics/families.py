@@ -52,7 +52,8 @@ IDLE_UNKNOWN = MetricSpec(
     "gauge",
     "Entries of the last poll in a state idle time is judged in whose idle time is unknown, so not counted idle: "
     "above_state_timeout (more time left than the state's timeout: a timeout policy, or a sysctl changed since "
-    "their last packet), short_timer (TCP ESTABLISHED with at most the unacknowledged or max_retrans timeout left).",
+    "their last packet), short_timer (TCP ESTABLISHED with at most the unacknowledged, max_retrans or close "
+    "timeout left).",
     ("reason",),
 )
 STATE_TIMEOUT = MetricSpec(

@@ -75,7 +75,7 @@ POLL = PollResult(
     limits_invalid=1,
     idle=IdleView(
         after_seconds=600,
-        timeouts=StateTimeouts(432000, 300, 300, 30, 120),
+        timeouts=StateTimeouts(432000, 300, 300, 10, 30, 120),
         connections={
             (
                 "node1", "pod", "10.244.1.10", "shop", "web", "pod-a",
