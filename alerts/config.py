@@ -24,6 +24,7 @@ THRESHOLDS: dict[str, str] = {
     "idlePilingGrowth": "KhanIdleConnectionsPiling: idle connections one pair gains over an hour",
     "idlePilingMinimum": "KhanIdleConnectionsPiling: idle connections of one pair, at least (with the share)",
     "idlePilingShare": "KhanIdleConnectionsPiling: share of the pair's connections that are idle, at least",
+    "idlePilingLongestSeconds": "KhanIdleConnectionsPiling: the pair's longest idle time in seconds, with the share",
     "serverOverloadedConnections": "KhanServerOverloaded: inbound connections of a destination, at least",
     "serverOverloadedRise": "KhanServerOverloaded: times the count of an hour ago, at least",
     "connectFailuresHalfOpen": "KhanConnectFailures: half-open TCP connections to one destination, at least",

@@ -80,6 +80,13 @@ DROPS = khan("khan_conntrack_table_events_total", 'event=~"drop|early_drop|inser
 # up to two minutes, CLOSE ten seconds), which a busy server of short requests has many of and no slot for.
 HELD_OPEN = khan("khan_connection", ONCE + ', state!~"TIME_WAIT|CLOSE"')
 IDLE = "khan:pair_idle_connections:count_once"
+
+
+def idle_ago(offset: str) -> str:
+    """The pair's idle connections `offset` ago, 0 where it had none (its series is served only while > 0)."""
+    return f"({IDLE} offset {offset} or {IDLE} * 0)"
+
+
 DNS_UNREPLIED = khan("khan_connection", ONCE + ', transport="udp", dst_port="53", state="UNREPLIED"')
 
 CONNECTIONS = Group(
@@ -98,6 +105,11 @@ CONNECTIONS = Group(
             "khan:pair_idle_connections:count_once",
             f"sum by ({PAIR})\n({khan('khan_connection_idle', ONCE)})",
             "... of them idle: no packet either way for the agent's --idle-after (pairs with idle ones only).",
+        ),
+        Record(
+            "khan:pair_idle_seconds:max",
+            f"max by ({PAIR})\n({khan('khan_connection_idle_seconds_max', ONCE)})",
+            "... and how long the most silent of them has been idle.",
         ),
         Record(
             "khan:destination_connections:count_once",
@@ -134,12 +146,16 @@ CONNECTIONS = Group(
             "KhanIdleConnectionsPiling",
             text(f"""
                 (
-                  ({IDLE} - {IDLE} offset 1h >= {t("idlePilingGrowth")})
-                  or ({IDLE} >= {t("idlePilingGrowth")} unless {IDLE} offset 1h)
+                  ({IDLE} - {idle_ago("1h")} >= {t("idlePilingGrowth")})
+                  and ({IDLE} > {idle_ago("15m")})
+                  and ({idle_ago("15m")} > {idle_ago("30m")})
+                  and ({idle_ago("30m")} > {idle_ago("45m")})
+                  and ({idle_ago("45m")} >= {idle_ago("1h")})
                 )
                 or (
                   ({IDLE} >= {t("idlePilingMinimum")})
                   and ({IDLE} / khan:pair_connections:count_once >= {t("idlePilingShare")})
+                  and (khan:pair_idle_seconds:max >= {t("idlePilingLongestSeconds")})
                 )
             """),
             "idlePiling",
@@ -152,7 +168,9 @@ CONNECTIONS = Group(
                 pair's connections; khan_connection_idle_seconds_max says for how long.
             """),
             "Idle connections are the kernel's own word that nobody uses them: a client that opens connections\n"
-            "and forgets them piles them up; a busy pool, however it grows and shrinks, uses its connections.",
+            "and forgets them piles them up, rising in every quarter of the hour; a busy pool, however it grows\n"
+            "and shrinks, uses its connections, and one that lost its load leaves a step of idle ones that its\n"
+            "own idle timeout closes before they are an hour old.",
         ),
         Alert(
             "KhanServerOverloaded",
