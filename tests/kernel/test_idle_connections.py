@@ -2,7 +2,8 @@
 second to the same server, under `khan agent --idle-after 3`. Only the silent ones are idle, their idle time is the
 kernel's own (state timeout - the remaining timeout `conntrack -L` prints) and grows second by second, one byte
 makes a connection busy again; a stalled one (its peer stopped reading: a zero window) is not idle but unknown; and
-a namespace's own, changed nf_conntrack_tcp_timeout_established is read, at once when it changes."""
+a namespace's own, changed nf_conntrack_tcp_timeout_established is read, at once when it changes. `khan snapshot`
+judges as the agent does."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from khan.conntrack.namespace import entered
+from tests.support.exposition import KHAN
 from tests.support.kube_agent import RunningAgent
 from tests.support.lab_agent import file_agent, total
 from tests.support.table_fill import table_namespace
@@ -187,6 +189,13 @@ def test_only_silent_connections_are_idle_and_their_idle_time_is_the_kernels(tmp
             poll = next_poll(agent)
             assert poll.idle(SILENT) == 2, poll.text
             assert total(poll.text, "khan_connection", src_ip=SILENT, state="ESTABLISHED") == 3
+
+        # khan snapshot judges the same way.
+        argv = [*KHAN, "snapshot", "--inventory", str(inventory), "--netns", netns, "--idle-after", str(IDLE_AFTER)]
+        snapshot = Poll(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+        assert (snapshot.idle(SILENT), snapshot.idle(BUSY), snapshot.idle(STALLED)) == (2, 0, 0), snapshot.text
+        assert snapshot.longest(SILENT) > IDLE_AFTER
+        assert snapshot.unknown("short_timer") >= 1
 
 
 def test_a_namespaces_own_established_timeout_is_read_and_reread(tmp_path: Path) -> None:
