@@ -199,19 +199,20 @@ def overview(on: Inputs) -> Any:
         "What talks to what, right now and over time, counted once across nodes.",
         "overview",
         [
-            graph("Connections by type pair", f"sum by (src_type, dst_type) (khan_connection{{{once}, {NS}}})",
+            graph("Connections by type pair", f"sum {on.by('src_type, dst_type')} (khan_connection{{{once}, {NS}}})",
                   "{{src_type}} -> {{dst_type}}"),
             top("Top source -> destination pairs",
-                f"topk(20, sum by (src_ns, src_name, dst_ns, dst_name, dst_port) (khan_connection{{{once}, {NS}}}))"),
+                f"topk(20, sum {on.by('src_ns, src_name, dst_ns, dst_name, dst_port')} "
+                f"(khan_connection{{{once}, {NS}}}))"),
             graph("Connections by state (SYN_SENT and SYN_RECV: half-open)",
-                  f"sum by (state) (khan_connection{{{once}, {NS}}})", "{{state}}"),
-            graph("New connections per second", f"sum by (src_type, dst_type) "
+                  f"sum {on.by('state')} (khan_connection{{{once}, {NS}}})", "{{state}}"),
+            graph("New connections per second", f"sum {on.by('src_type, dst_type')} "
                   f"(rate(khan_connections_opened_total{{{once}, {NS}}}[{RATE}]))", "{{src_type}} -> {{dst_type}}",
                   "cps"),
-            graph("Bytes per second", f"sum by (direction) (rate(khan_flow_bytes_total{{{once}, {NS}}}[{RATE}]))",
+            graph("Bytes per second", f"sum {on.by('direction')} (rate(khan_flow_bytes_total{{{once}, {NS}}}[{RATE}]))",
                   "{{direction}}", "Bps"),
             graph("Connections per node (as each node's table holds them)",
-                  f"sum by (node) (khan_connection{{{on.scope}, {NS}}})", "{{node}}"),
+                  f"sum {on.by('node')} (khan_connection{{{on.scope}, {NS}}})", "{{node}}"),
         ],
     )  # fmt: skip
 
@@ -244,8 +245,8 @@ def service_map(on: Inputs) -> Any:
         "service-map",
         [
             graph_panel,
-            top("Edges: connections", f"sum by (src_ns, src_name, dst_ns, dst_name) ({pairs})"),
-            top("Edges: bytes per second", f"sum by (src_ns, src_name, dst_ns, dst_name) "
+            top("Edges: connections", f"sum {on.by('src_ns, src_name, dst_ns, dst_name')} ({pairs})"),
+            top("Edges: bytes per second", f"sum {on.by('src_ns, src_name, dst_ns, dst_name')} "
                 f"(rate(khan_flow_bytes_total{{{on.once}, {NS}}}[{RATE}]))"),
         ],
     )  # fmt: skip
@@ -322,17 +323,18 @@ def overload(on: Inputs) -> Any:
         "endpoints, outside clients, and inbound connections against a declared limit.",
         "overload",
         [
-            graph("Inbound connections by client", f"topk(10, sum by (src_type, src_ns, src_name) "
+            graph("Inbound connections by client", f"topk(10, sum {on.by('src_type, src_ns, src_name')} "
                   f"(khan_connection{{{inbound}}}))", "{{src_type}} {{src_ns}}/{{src_name}}"),
             top("Clients now against an hour ago",
-                f"sum by (src_type, src_ns, src_name) (khan_connection{{{inbound}}}) - "
-                f"(sum by (src_type, src_ns, src_name) (khan_connection{{{inbound}}} offset 1h) or "
-                f"0 * sum by (src_type, src_ns, src_name) (khan_connection{{{inbound}}}))"),
+                f"sum {on.by('src_type, src_ns, src_name')} (khan_connection{{{inbound}}}) - "
+                f"(sum {on.by('src_type, src_ns, src_name')} (khan_connection{{{inbound}}} offset 1h) or "
+                f"0 * sum {on.by('src_type, src_ns, src_name')} (khan_connection{{{inbound}}}))"),
             graph("Transactions per endpoint (new connections per second)",
-                  f'sum by (endpoint_name, endpoint_ip) (rate(khan_service_transactions_total'
+                  f'sum {on.by("endpoint_name, endpoint_ip")} (rate(khan_service_transactions_total'
                   f'{{{on.scope}, service_name=~"$destination"}}[{RATE}]))', "{{endpoint_name}} {{endpoint_ip}}",
                   "cps"),
-            graph("Outside clients", f'sum by (src_ip, src_name) (khan_connection{{{inbound}, src_type="external"}})',
+            graph("Outside clients",
+                  f'sum {on.by("src_ip, src_name")} (khan_connection{{{inbound}, src_type="external"}})',
                   "{{src_name}} {{src_ip}}"),
             against_limits,
             top("Share of the declared limit in use", f"sort_desc({connections} / {limits})",
@@ -422,7 +424,7 @@ def health(on: Inputs) -> Any:
                   "{{instance}}", "percentunit"),
             graph("Skipped (malformed) entries per second", f"rate(khan_entries_malformed_total{khan}[{RATE}])",
                   "{{instance}}"),
-            graph("API watch restarts per second", f"sum by (resource, reason) "
+            graph("API watch restarts per second", f"sum {on.by('resource, reason')} "
                   f"(rate(khan_inventory_watch_starts_total{khan}[{RATE}]))", "{{resource}} {{reason}}"),
             graph("Events lost per second", f"rate(khan_events_dropped_total{khan}[{RATE}])", "{{instance}}"),
             graph("Connections possibly missed per hour (upper bound)",
@@ -430,7 +432,7 @@ def health(on: Inputs) -> Any:
                   description="Connections that may have opened and closed between two polls with their events "
                   "lost: counted nowhere. Lost events whose connections were recovered or whose entries vanished are "
                   "not here."),
-            graph("Series per family", f'count by (__name__) ({{__name__=~"{families}", {on.scope}}})',
+            graph("Series per family", f'count {on.by("__name__")} ({{__name__=~"{families}", {on.scope}}})',
                   "{{__name__}}"),
             graph("Series folded into overflow", f"khan_series_folded{khan}", "{{instance}} {{family}}"),
         ],

@@ -148,7 +148,7 @@ def incident(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Incident]:
         yield found
 
 
-def test_the_provisional_rules_stand_in_only_for_missing_real_ones() -> None:
+def test_the_scaled_rules_hold_each_table_alert_once() -> None:
     groups = {group["name"]: group for group in hog_rules()["groups"]}
     names = [rule.get("alert") for group in groups.values() for rule in group["rules"]]
     assert names.count("KhanConntrackTableHog") == 1

@@ -176,6 +176,16 @@ def test_every_query_selects_the_configured_job_and_cluster_label(path: Path) ->
     assert cluster["query"] == f'label_values(khan_build_info{{job="{DEFAULT.job}"}}, {DEFAULT.cluster_label})'
 
 
+@pytest.mark.parametrize("path", BOARDS, ids=lambda path: path.stem)
+def test_every_aggregation_keeps_the_cluster_label(path: Path) -> None:
+    """With several clusters chosen, no panel adds one cluster's series to another's. The service map's node graph
+    is the exception: its node and edge ids must be unique, so it sums one graph over the clusters chosen."""
+    for expr in queries(json.loads(path.read_text())):
+        for labels in re.findall(r"\b(?:by|on) \(([^)]*)\)", expr):
+            node_graph = "label_join" in expr and labels.strip() in ("id", "id, source, target")
+            assert node_graph or DEFAULT.cluster_label in labels.replace(" ", "").split(","), expr
+
+
 def test_another_configuration_reaches_every_query_and_leaves_no_default(tmp_path: Path) -> None:
     written = [path for path in other_outputs(tmp_path) if path.suffix == ".json"]
     assert len(written) == 2 * len(UIDS)  # the dashboards and the chart's copies (JSON once their tokens are filled)
