@@ -13,7 +13,7 @@ from operator import attrgetter
 from typing import cast
 
 from khan.attribution.connections import count_flows
-from khan.attribution.idle import NOT_JUDGED, UNKNOWN_REASONS, IdleRules, verdict_of
+from khan.attribution.idle import NEVER_JUDGED, NOT_JUDGED, UNKNOWN_REASONS, IdleRules
 from khan.attribution.raw_keys import RAW_FLOW_FIELDS, PairKey, RawKey
 from khan.conntrack.decode import Flow
 from khan.conntrack.runs import RunCounter
@@ -32,8 +32,6 @@ class DumpCounts:
         self.idle: dict[RawKey, int] = {}  # entries idle at least rules.idle_after (more, as the kernel rounds)
         self.longest_idle: dict[PairKey, int] = {}  # seconds, over the pair's idle entries only
         self.unknown: dict[str, int] = dict.fromkeys(UNKNOWN_REASONS.values(), 0)  # reason -> entries
-        self._limits: dict[tuple[int, int, int], tuple[int, int] | None] = {}  # by (proto, tcp_state, status)
-        self._bands: dict[int, tuple[int, int]] = {}  # by protocol: IdleRules.quiet_band
 
     def add_flows(self, flows: Iterable[Flow]) -> None:
         if self.rules is None:
@@ -47,24 +45,11 @@ class DumpCounts:
         self.add((cast(RawKey, key[:_RAW_LENGTH]), cast(int, key[_RAW_LENGTH]), count) for key, count in timed.items())
 
     def add_runs(self, runs: RunCounter) -> None:
-        """A dump's runs (a timed RunCounter's), read a shape at a time: one protocol per shape, so one quiet band."""
-        connections = self.connections
-        get = connections.get
+        """A dump's runs (a timed RunCounter's)."""
         if self.rules is None:
-            runs.add_to(connections)
-            return
-        rules, judge = self.rules, self._judge
-        for key_of, defaults, at, counts in runs.counted():
-            low = high = 0
-            for read, count in counts.items():
-                key = key_of(read + defaults)
-                connections[key] = get(key, 0) + count
-                remaining = 0 if at is None else read[at]
-                if low < remaining <= high:
-                    continue  # certainly not idle: most entries of a busy table
-                if low == high:  # the shape's first key: its protocol is every one's (templates check it)
-                    low, high = rules.quiet_band(key[0])
-                judge(key, remaining, count)
+            runs.add_to(self.connections)
+        else:
+            self.add(runs.items())
 
     def add(self, entries: Iterable[tuple[RawKey, int, int]]) -> None:
         """(raw key, remaining timeout, entries) items, each key and timeout at most once per call."""
@@ -75,13 +60,11 @@ class DumpCounts:
             for key, _, count in entries:
                 connections[key] = get(key, 0) + count
             return
-        bands, judge = self._bands, self._judge
+        band_of, every, judge = rules.quiet_bands.get, NEVER_JUDGED, self._judge
         for key, remaining, count in entries:
             connections[key] = get(key, 0) + count
-            band = bands.get(key[0])
-            if band is None:
-                band = bands[key[0]] = rules.quiet_band(key[0])
-            if not band[0] < remaining <= band[1]:
+            low, high = band_of(key[0], every)
+            if not low < remaining <= high:  # inside, certainly not idle: most entries of a busy table
                 judge(key, remaining, count)
 
     def _judge(self, key: RawKey, remaining: int, count: int) -> None:
@@ -89,12 +72,7 @@ class DumpCounts:
         rules = self.rules
         assert rules is not None
         proto, src, dst, dport, tcp_state, status, endpoint = key
-        state = (proto, tcp_state, status)
-        if state in self._limits:
-            limits = self._limits[state]
-        else:
-            limits = self._limits[state] = rules.limits(proto, tcp_state, status)
-        seconds = verdict_of(limits, remaining)
+        seconds = rules.verdict(proto, tcp_state, status, remaining)
         if seconds > rules.idle_after:  # at least idle_after seconds of silence: the kernel rounds remaining down
             self.idle[key] = self.idle.get(key, 0) + count
             pair = (proto, src, dst, dport, endpoint)

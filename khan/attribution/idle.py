@@ -34,6 +34,8 @@ IPPROTO_UDPLITE: Final = 136  # shares UDP's timeouts (nf_conntrack_proto_udp.c)
 # flowtable: their timeout would read as 0, fully idle, while a flowtable forwards their packets).
 _UNTIMED: Final = IPS_FIXED_TIMEOUT | IPS_OFFLOAD
 
+NEVER_JUDGED: Final = (-1, 1 << 32)  # a quiet band holding every remaining timeout (a u32)
+
 # What `IdleRules.verdict` says besides a number of idle seconds (which is never negative).
 NOT_JUDGED: Final = -1
 ABOVE_STATE_TIMEOUT: Final = -2
@@ -64,6 +66,13 @@ class IdleRules:
         self._tcp_established: _Limits = None if established is None else (established, short)
         self._udp = _plain(timeouts.udp_timeout)
         self._udp_stream = _plain(timeouts.udp_timeout_stream)
+        # By protocol, (low, high): an entry with low < remaining <= high is known not to be idle, whatever its
+        # state, so judging it can be skipped (most entries of a busy table); other protocols: NEVER_JUDGED.
+        self.quiet_bands = {
+            IPPROTO_TCP: self._quiet_band(self._tcp_established),
+            IPPROTO_UDP: self._quiet_band(self._udp, self._udp_stream),
+            IPPROTO_UDPLITE: self._quiet_band(self._udp, self._udp_stream),
+        }
 
     def limits(self, proto: int, tcp_state: int, status: int) -> _Limits:
         """The limits of an entry of this protocol, TCP state and status bits."""
@@ -75,16 +84,9 @@ class IdleRules:
             return self._udp_stream if status & IPS_ASSURED else self._udp
         return None
 
-    def quiet_band(self, proto: int) -> tuple[int, int]:
-        """(low, high): an entry of this protocol with low < remaining <= high is known not to be idle, whatever its
-        state: judging it can be skipped (most entries of a busy table)."""
-        if proto == IPPROTO_TCP:
-            judged = [self._tcp_established]
-        elif proto in (IPPROTO_UDP, IPPROTO_UDPLITE):
-            judged = [self._udp, self._udp_stream]
-        else:
-            return -1, 1 << 32  # never judged: every remaining timeout
-        low, high = -1, 1 << 32
+    def _quiet_band(self, *judged: _Limits) -> tuple[int, int]:
+        """The band of the states judged in a protocol: outside each one's idle and short-timer range."""
+        low, high = NEVER_JUDGED
         for limits in judged:
             if limits is not None:
                 full, short = limits
@@ -93,18 +95,15 @@ class IdleRules:
 
     def verdict(self, proto: int, tcp_state: int, status: int, remaining: int) -> int:
         """Idle seconds of the entry, or NOT_JUDGED, ABOVE_STATE_TIMEOUT or SHORT_TIMER."""
-        return verdict_of(self.limits(proto, tcp_state, status), remaining)
-
-
-def verdict_of(limits: _Limits, remaining: int) -> int:
-    if limits is None:
-        return NOT_JUDGED
-    full, short = limits
-    if remaining > full:
-        return ABOVE_STATE_TIMEOUT
-    if remaining <= short:
-        return SHORT_TIMER
-    return full - remaining
+        limits = self.limits(proto, tcp_state, status)
+        if limits is None:
+            return NOT_JUDGED
+        full, short = limits
+        if remaining > full:
+            return ABOVE_STATE_TIMEOUT
+        if remaining <= short:
+            return SHORT_TIMER
+        return full - remaining
 
 
 def _plain(timeout: int | None) -> _Limits:

@@ -106,15 +106,6 @@ class RunShape(NamedTuple):
     tracked: TrackedShape | None  # with a tracker: how it reads the run
 
 
-class CountedShape(NamedTuple):
-    """The entries of one shape's runs: what was read of each, counted; the key is key(read + defaults)."""
-
-    key: Callable[[tuple[Any, ...]], Key]
-    defaults: tuple[object, ...]
-    timeout_at: int | None  # where the remaining timeout lies in a read; None: not read
-    counts: Counter[tuple[Any, ...]]
-
-
 class RunCounter:
     """Counts the entries of runs by key: `take` is decode_chunk's `take_run`; `add_to` once the dump has ended.
 
@@ -174,15 +165,12 @@ class RunCounter:
     def items(self) -> Iterator[tuple[Key, int, int]]:
         """(key, remaining timeout, entries) of every run, once per distinct pair of the two (a `timed` counter;
         the timeout is 0 otherwise, and where a shape does not carry it)."""
-        for key, defaults, at, counts in self.counted():
-            for read, count in counts.items():
-                yield key(read + defaults), 0 if at is None else read[at], count
-
-    def counted(self) -> Iterator[CountedShape]:
-        """What `items` reads, a shape at a time, for a caller whose loop over them is hot (dump_counts.py)."""
         for template_id, shape in self._shapes.items():
-            if shape is not None:
-                yield CountedShape(shape.key, shape.defaults, shape.timeout_at, self._counts[template_id])
+            if shape is None:
+                continue
+            key, defaults, at = shape.key, shape.defaults, shape.timeout_at
+            for read, count in self._counts[template_id].items():
+                yield key(read + defaults), 0 if at is None else read[at], count
 
     def _compile(self, buf: bytes | bytearray, pos: int, template: Template) -> RunShape | None:
         shape = run_shape(buf, pos, template, self._positions, tracked=self._track is not None, timed=self._timed)
