@@ -7,8 +7,10 @@ in the agent and directly in `khan snapshot`.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from functools import partial
+from operator import add
 
 import structlog
 
@@ -18,13 +20,14 @@ from khan.attribution.idle import IdleRules
 from khan.attribution.labels import DEFAULT_POLICY, Attributor, LabelPolicy
 from khan.attribution.limits import bounded, declared_limits
 from khan.attribution.raw_keys import RAW_FLOW_FIELDS
+from khan.attribution.schema import Labels, pair_of
 from khan.conntrack.namespace import entered
 from khan.conntrack.netlink import DumpStats, dump_flows
 from khan.conntrack.runs import RunCounter
 from khan.conntrack.table import TableStats, read_table_stats
 from khan.conntrack.timeouts import read_state_timeouts
-from khan.counting.counters import CONNECTION_FOLDING, Counting
-from khan.counting.folding import fold_gauge
+from khan.counting.counters import CONNECTION_FOLDING, OPENED_FOLDING, Counting
+from khan.counting.folding import fold_as, fold_gauge
 from khan.inventory.index import Inventory
 from khan.polling.result import IdleView, PollResult
 
@@ -60,7 +63,7 @@ def poll(
     del counts  # one key per entry when every peer is new: let it go before the counters add theirs
     served, folded = (connections, 0) if max_series is None else fold_gauge(connections, max_series, CONNECTION_FOLDING)
     if idle is not None and folded:
-        idle = idle.folded_as(served)
+        idle = fold_idle_as(idle, served)
     counters = None
     if counting is not None:
         accounting = table.accounting if table is not None else None
@@ -97,6 +100,22 @@ def idle_view(counts: DumpCounts, names: Attributor) -> IdleView | None:
         connections=PollResult.freeze(attribute_connections(counts.idle, names)),
         longest=PollResult.freeze(attribute_longest(counts.longest_idle, names)),
         unknown=dict(counts.unknown),
+    )
+
+
+def fold_idle_as(idle: IdleView, served: Mapping[Labels, int]) -> IdleView:
+    """The idle families folded as khan_connection was (`served`, its series once folded): a label set, or a pair,
+    keeps its own series there only where it kept one here, so idle / total is right for every series, overflow
+    included."""
+    kept_pairs = {pair_of(labels) for labels in served}
+    connections, folded = fold_as(idle.connections, served.keys(), CONNECTION_FOLDING, add)
+    longest, longest_folded = fold_as(idle.longest, kept_pairs, OPENED_FOLDING, max)
+    return replace(
+        idle,
+        connections=PollResult.freeze(connections),
+        longest=PollResult.freeze(longest),
+        folded=folded,
+        longest_folded=longest_folded,
     )
 
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from operator import add
 from types import MappingProxyType
 
-from khan.attribution.schema import Labels, pair_of
+from khan.attribution.schema import Labels
 from khan.conntrack.table import TableStats
 from khan.conntrack.timeouts import StateTimeouts
-from khan.counting.counters import CONNECTION_FOLDING, OPENED_FOLDING, CounterView
-from khan.counting.folding import fold_as
+from khan.counting.counters import CounterView
 
 
 @dataclass(frozen=True)
@@ -25,20 +23,6 @@ class IdleView:
     unknown: Mapping[str, int]  # reason -> entries whose idle time could not be known
     folded: int = 0  # label sets of `connections` folded by --max-series
     longest_folded: int = 0
-
-    def folded_as(self, served: Mapping[Labels, int]) -> IdleView:
-        """Folded as khan_connection was (`served`, its series once folded): a label set, or a pair, keeps its own
-        series here only where it kept one there, so idle / total is right for every series, overflow included."""
-        kept_pairs = {pair_of(labels) for labels in served}
-        connections, folded = fold_as(self.connections, served.keys(), CONNECTION_FOLDING, add)
-        longest, longest_folded = fold_as(self.longest, kept_pairs, OPENED_FOLDING, max)
-        return replace(
-            self,
-            connections=MappingProxyType(connections),
-            longest=MappingProxyType(longest),
-            folded=folded,
-            longest_folded=longest_folded,
-        )
 
 
 @dataclass(frozen=True)

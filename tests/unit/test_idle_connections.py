@@ -35,7 +35,7 @@ from khan.conntrack.timeouts import StateTimeouts, read_state_timeouts
 from khan.counting.counters import CONNECTION_FOLDING, OPENED_FOLDING
 from khan.counting.folding import OVERFLOW, fold_as, fold_gauge
 from khan.inventory.index import build_inventory
-from khan.polling.poll import idle_view
+from khan.polling.poll import fold_idle_as, idle_view
 
 DEFAULTS = StateTimeouts(
     tcp_timeout_established=432_000,
@@ -164,7 +164,7 @@ def test_an_entry_counts_idle_only_once_surely_silent_for_idle_after() -> None:
 
 
 def test_skipping_the_quiet_band_judges_exactly_as_judging_every_entry() -> None:
-    """The fast path (IdleRules.quiet_band) against verdict() on every entry, over random sysctls (some unreadable,
+    """The fast path (IdleRules.quiet_bands) against verdict() on every entry, over random sysctls (some unreadable,
     established shorter than the short timers), thresholds, states, status bits and remaining timeouts."""
     rng = random.Random(16)
 
@@ -259,7 +259,7 @@ def test_the_idle_families_fold_as_khan_connection_does() -> None:
     served, folded = fold_gauge(attribute_connections(counts.connections, names), 100, CONNECTION_FOLDING)
     view = idle_view(counts, names)
     assert view is not None
-    view = view.folded_as(served)
+    view = fold_idle_as(view, served)
     assert set(view.connections) == set(served)
     assert view.folded == folded == 201  # 99 kept by name, the rest in their group's overflow series
     assert sum(view.connections.values()) == 600  # folding sums: none lost
